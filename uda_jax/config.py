@@ -1,0 +1,327 @@
+"""Experiment configuration: a frozen dataclass schema, YAML files and dotted overrides.
+
+A config is data (DESIGN principle 7). It is read from YAML, patched with ``key=value``
+overrides from the command line, and validated into frozen dataclasses before anything runs:
+an unknown key, a wrong type or an impossible value raises :class:`uda_jax.errors.UserError`
+with one line that names the key and the fix.
+
+The defaults of :class:`Config` are the embedded demo (CGDM on mnist5k → ucidigits), so
+``python -m uda_jax.train`` needs no file; ``configs/digits_cgdm.yaml`` spells the same values out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from uda_jax.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Which domains to adapt between and how batches are drawn."""
+
+    source: str = "mnist5k"
+    target: str = "ucidigits"
+    batch_size: int = 32  # per domain: each step sees batch_size source + batch_size target
+    image_size: int = 32
+    test_fraction: float = 0.2
+    split_seed: int = 0
+    eval_batch_size: int = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Feature extractor G and classifier head(s) F (reference Part I §1.3)."""
+
+    backbone: str = "lenet"
+    bottleneck_dim: int = 0  # 0: no bottleneck; the ResNet runs of the reference use 256
+    train_bottleneck: bool = True  # the VisDA/DomainNet scripts leave it frozen (Pitfall 1)
+    classifier_widths: tuple[int, ...] = (256, 256)
+    dropout: float = 0.5
+    classifier_init: str = "reference"  # reference: N(0, 0.01²); xavier; pytorch (default torch)
+    bn_running_var: str = "unbiased"  # unbiased: PyTorch (faithful); biased: flax's convention
+    bn_momentum: float = 0.1  # PyTorch convention: running ← (1 − m)·running + m·batch
+    bn_eps: float = 1e-5
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodConfig:
+    """Method name and the loss weights and schedule of its sub-steps (reference §1.5, §1.8)."""
+
+    name: str = "cgdm"
+    num_k: int = 4  # generator repeats of MCD/CGDM step C
+    discrepancy_weight: float = 1.0
+    entropy_weight: float = 0.01  # weight of the IM entropy term E in steps A/B/C (CGDM)
+    pseudo_weight: float = 0.01  # α: pseudo-label weighted CE in step A (CGDM)
+    gd_weight: float = 0.01  # β: gradient discrepancy loss in step C (CGDM)
+    warmup_steps: int = 200  # steps before pseudo-labels and L_GD switch on (reference: epoch 0)
+    pseudo_interval: int = 200  # refresh the target pseudo-labels every this many steps
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerGroupConfig:
+    """Per-module overrides: learning-rate multiplier and optimizer keyword arguments."""
+
+    lr_mult: float = 1.0
+    kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """Any optax optimizer by name, with its keyword arguments (see :mod:`uda_jax.optim`)."""
+
+    name: str = "sgd"
+    learning_rate: float = 0.01
+    weight_decay: float = 5e-4  # coupled L2 added to the gradient, as torch.optim.SGD does
+    kwargs: dict[str, Any] = dataclasses.field(default_factory=lambda: {"momentum": 0.9})
+    schedule: str = "constant"  # constant | inv: lr0·(1 + gamma·t)^(−power), t the iteration
+    schedule_gamma: float = 0.001
+    schedule_power: float = 0.75
+    groups: dict[str, OptimizerGroupConfig] = dataclasses.field(
+        default_factory=lambda: {"g": OptimizerGroupConfig(kwargs={"momentum": 0.0})}
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """A whole experiment. Defaults: the embedded CGDM demo, mnist5k → ucidigits."""
+
+    method: MethodConfig = dataclasses.field(default_factory=MethodConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+    steps: int = 1000
+    seed: int = 0
+    eval_every: int = 500  # 0: evaluate only at the end
+    log_every: int = 25
+    run_dir: str | None = None  # default: runs/<method>_<source>-<target>_<time>
+    progress: bool = True
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Reads a YAML config (or the defaults), applies ``a.b=value`` overrides and validates.
+
+    Layers, lowest first: the defaults of :class:`Config`, the file, the overrides. A mapping
+    given in a file (``optimizer.kwargs``, ``optimizer.groups``) replaces the default one whole.
+    An override that changes ``optimizer.name`` clears the optimizer keyword arguments of the
+    lower layers (they were meant for the other optimizer); set them again with
+    ``optimizer.kwargs.NAME=value``.
+
+    Raises:
+      UserError: missing or unreadable file, unknown key, wrong type or impossible value.
+    """
+    raw = to_dict(Config())
+    if path is not None:
+        raw = _merge(Config, raw, _read_yaml(Path(path)))
+    parsed = [_parse_override(item) for item in overrides]
+    new_name = dict(parsed).get("optimizer.name")
+    if new_name is not None and new_name != raw.get("optimizer", {}).get("name"):
+        _clear_optimizer_kwargs(raw)
+    for key, value in parsed:
+        _set_dotted(raw, key, value)
+    config = _build(Config, raw, "")
+    validate(config)
+    return config
+
+
+def _merge(cls: type, base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``update`` laid over it: config sections merge, every other value replaces."""
+    merged = dict(base)
+    hints = typing.get_type_hints(cls)
+    for key, value in update.items():
+        hint = hints.get(key)
+        if dataclasses.is_dataclass(hint) and isinstance(value, Mapping):
+            merged[key] = _merge(hint, merged.get(key, {}), value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _clear_optimizer_kwargs(raw: dict[str, Any]) -> None:
+    optimizer = raw.get("optimizer")
+    if not isinstance(optimizer, dict):
+        return
+    optimizer["kwargs"] = {}
+    groups = optimizer.get("groups")
+    if isinstance(groups, dict):
+        for group in groups.values():
+            if isinstance(group, dict):
+                group["kwargs"] = {}
+
+
+def to_dict(config: Any) -> Any:
+    """The config as plain YAML-friendly data (tuples become lists)."""
+    if dataclasses.is_dataclass(config):
+        return {f.name: to_dict(getattr(config, f.name)) for f in dataclasses.fields(config)}
+    if isinstance(config, Mapping):
+        return {k: to_dict(v) for k, v in config.items()}
+    if isinstance(config, tuple | list):
+        return [to_dict(v) for v in config]
+    return config
+
+
+def dump_yaml(config: Config) -> str:
+    """The resolved config as YAML text, loadable again with :func:`load_config`."""
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"config file not found: {path} (give the path of a YAML file)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UserError(f"config file {path} is not valid YAML: {first}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        kind = type(data).__name__
+        raise UserError(f"config file {path} must hold a mapping of keys, not a {kind}")
+    return data
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise UserError(f"override {item!r} is not of the form key=value (e.g. steps=200)")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    return key, value
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise UserError(f"override {key}: '{part}' is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+# ----------------------------------------------------------------------------- building
+
+
+def _build(cls: type, raw: Any, where: str) -> Any:
+    """Turns nested dicts into the dataclass ``cls``, checking every key and type."""
+    if not isinstance(raw, Mapping):
+        raise UserError(f"{where.rstrip('.') or 'config'} must be a mapping of keys, got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key in raw:
+        if key not in fields:
+            raise UserError(_unknown_key_message(key, where, list(fields)))
+    values = {}
+    for name, value in raw.items():
+        values[name] = _coerce(hints[name], value, f"{where}{name}")
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key + ".")
+    if origin in (types.UnionType, typing.Union):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        (inner,) = [t for t in options if t is not type(None)]
+        return _coerce(inner, value, key)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise UserError(f"{key} must be a list, got {value!r} (e.g. {key}=[256,256])")
+        inner = typing.get_args(hint)[0]
+        return tuple(_coerce(inner, v, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise UserError(f"{key} must be a mapping, got {value!r}")
+        inner = typing.get_args(hint)[1]
+        return {str(k): _coerce(inner, v, f"{key}.{k}") for k, v in value.items()}
+    return _coerce_scalar(hint, value, key)
+
+
+def _coerce_scalar(hint: Any, value: Any, key: str) -> Any:
+    if hint is Any:
+        return value
+    if hint is float and isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+        with contextlib.suppress(ValueError):
+            value = float(value)
+    accepted = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}[hint]
+    is_bool_as_number = isinstance(value, bool) and hint is not bool
+    if isinstance(value, accepted) and not is_bool_as_number:
+        return float(value) if hint is float else value
+    raise UserError(f"{key} must be of type {hint.__name__}, got {value!r}")
+
+
+def _unknown_key_message(key: str, where: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f" (did you mean '{where}{close[0]}'?)" if close else ""
+    return f"unknown config key '{where}{key}'{hint}; valid keys here: {', '.join(valid)}"
+
+
+# ----------------------------------------------------------------------------- validation
+
+_CHOICES = {
+    "model.classifier_init": ("reference", "xavier", "pytorch"),
+    "model.bn_running_var": ("unbiased", "biased"),
+    "optimizer.schedule": ("constant", "inv"),
+}
+
+
+def validate(config: Config) -> None:
+    """Checks values that have the right type but are impossible (non-positive sizes, ...)."""
+    for key, choices in _CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        if value not in choices:
+            raise UserError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
+    positive = {
+        "steps": config.steps,
+        "data.batch_size": config.data.batch_size,
+        "data.eval_batch_size": config.data.eval_batch_size,
+        "data.image_size": config.data.image_size,
+        "method.num_k": config.method.num_k,
+        "method.pseudo_interval": config.method.pseudo_interval,
+        "log_every": config.log_every,
+        "optimizer.learning_rate": config.optimizer.learning_rate,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise UserError(f"{key} must be positive, got {value}")
+    non_negative = {
+        "eval_every": config.eval_every,
+        "method.warmup_steps": config.method.warmup_steps,
+        "model.bottleneck_dim": config.model.bottleneck_dim,
+        "optimizer.weight_decay": config.optimizer.weight_decay,
+    }
+    for key, value in non_negative.items():
+        if value < 0:
+            raise UserError(f"{key} must be >= 0, got {value}")
+    if not 0.0 <= config.model.dropout < 1.0:
+        raise UserError(f"model.dropout must be in [0, 1), got {config.model.dropout}")
+    if not 0.0 < config.model.bn_momentum <= 1.0:
+        raise UserError(f"model.bn_momentum must be in (0, 1], got {config.model.bn_momentum}")
+    if not config.model.classifier_widths or min(config.model.classifier_widths) <= 0:
+        raise UserError("model.classifier_widths must be a non-empty list of positive widths")
+    for group, group_cfg in config.optimizer.groups.items():
+        if group_cfg.lr_mult < 0:
+            raise UserError(f"optimizer.groups.{group}.lr_mult must be >= 0")

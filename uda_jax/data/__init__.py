@@ -1,0 +1,1 @@
+"""Domains and input pipelines: embedded digits, the domain registry, batch streams."""

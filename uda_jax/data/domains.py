@@ -1,0 +1,99 @@
+"""The domain registry: a name → its train/test images and labels (DESIGN: data/domains.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+
+import numpy as np
+
+from uda_jax.data import embedded
+from uda_jax.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class DomainData:
+    """One domain in memory: ``*_images [N, H, W, C]`` float32, ``*_labels [N]`` int32."""
+
+    name: str
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    class_names: tuple[str, ...]
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes."""
+        return len(self.class_names)
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        """``(H, W, C)``."""
+        return tuple(self.train_images.shape[1:])
+
+
+def _embedded(name: str, image_size: int, test_fraction: float, split_seed: int) -> DomainData:
+    arrays = embedded.load_embedded(name, image_size, test_fraction, split_seed)
+    return DomainData(name, *arrays, class_names=embedded.CLASS_NAMES)
+
+
+DOMAINS = {name: functools.partial(_embedded, name) for name in embedded.RAW_LOADERS}
+
+
+def load_domain(
+    name: str, *, image_size: int = 32, test_fraction: float = 0.2, split_seed: int = 0
+) -> DomainData:
+    """Loads and validates domain ``name``.
+
+    Raises:
+      UserError: unknown name (with the closest valid one), impossible split settings, or data
+        that is empty, has labels outside ``[0, num_classes)`` or non-finite pixels.
+    """
+    if name not in DOMAINS:
+        close = difflib.get_close_matches(name, list(DOMAINS), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise UserError(f"unknown domain {name!r}{hint}; valid domains: {', '.join(DOMAINS)}")
+    if image_size < 8:
+        raise UserError(f"data.image_size must be at least 8, got {image_size}")
+    if not 0.0 < test_fraction < 1.0:
+        raise UserError(f"data.test_fraction must be in (0, 1), got {test_fraction}")
+    domain = DOMAINS[name](image_size, test_fraction, split_seed)
+    validate_domain(domain)
+    return domain
+
+
+def validate_domain(domain: DomainData) -> None:
+    """Raises :class:`UserError` for an empty split, a bad label or a non-finite pixel."""
+    for split in ("train", "test"):
+        images = getattr(domain, f"{split}_images")
+        labels = getattr(domain, f"{split}_labels")
+        if len(labels) == 0:
+            raise UserError(f"domain {domain.name!r} has no {split} images")
+        if len(images) != len(labels):
+            raise UserError(
+                f"domain {domain.name!r}: {len(images)} {split} images but {len(labels)} labels"
+            )
+        bad = np.flatnonzero((labels < 0) | (labels >= domain.num_classes))
+        if bad.size:
+            raise UserError(
+                f"domain {domain.name!r}: {split} label {labels[bad[0]]} at row {bad[0]} is "
+                f"outside [0, {domain.num_classes})"
+            )
+        if not np.all(np.isfinite(images)):
+            raise UserError(f"domain {domain.name!r}: {split} images contain NaN or inf")
+
+
+def check_compatible(source: DomainData, target: DomainData) -> None:
+    """Raises :class:`UserError` unless both domains share classes and image shape."""
+    if source.num_classes != target.num_classes:
+        raise UserError(
+            f"domains {source.name!r} and {target.name!r} have {source.num_classes} and "
+            f"{target.num_classes} classes; adaptation needs the same classes"
+        )
+    if source.image_shape != target.image_shape:
+        raise UserError(
+            f"domains {source.name!r} and {target.name!r} have image shapes "
+            f"{source.image_shape} and {target.image_shape}; set one data.image_size"
+        )

@@ -1,0 +1,103 @@
+"""Deterministic infinite batch streams over in-memory domains (DESIGN: data/pipeline.py).
+
+Each epoch of a stream is a fresh permutation that is a pure function of ``(seed, epoch)``, so a
+stream's position is two integers (:meth:`ShuffledStream.get_state`) and a resumed run sees
+exactly the batches it would have seen. Incomplete last batches are dropped (``drop_last``),
+so every training batch has one shape and the train step compiles once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from uda_jax.data.domains import DomainData
+from uda_jax.errors import UserError
+
+
+class ShuffledStream:
+    """Infinite stream of ``[batch_size]`` index batches into ``[0, num_examples)``."""
+
+    def __init__(self, num_examples: int, batch_size: int, seed: int):
+        if batch_size > num_examples:
+            raise UserError(
+                f"batch size {batch_size} is larger than the domain ({num_examples} examples); "
+                "lower data.batch_size"
+            )
+        self.num_examples, self.batch_size, self.seed = num_examples, batch_size, seed
+        self.epoch, self.position = 0, 0
+        self._order = self._permutation(0)
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
+
+    def next_indices(self) -> np.ndarray:
+        """The next batch of indices, ``[batch_size]`` int32."""
+        if self.position + self.batch_size > self.num_examples:
+            self.epoch, self.position = self.epoch + 1, 0
+            self._order = self._permutation(self.epoch)
+        batch = self._order[self.position : self.position + self.batch_size]
+        self.position += self.batch_size
+        return batch.astype(np.int32)
+
+    def get_state(self) -> dict[str, int]:
+        """The position, JSON-serialisable: ``{"epoch": e, "position": p}``."""
+        return {"epoch": self.epoch, "position": self.position}
+
+    def set_state(self, state: dict[str, int]) -> None:
+        """Continues from a position returned by :meth:`get_state`."""
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        self._order = self._permutation(self.epoch)
+
+
+class DomainPairStream:
+    """Training batches: labelled source rows and target rows with their dataset indices.
+
+    Each ``next()`` is ``{"source_image", "source_label", "target_image", "target_index"}``;
+    target labels never enter a training batch.
+    """
+
+    def __init__(self, source: DomainData, target: DomainData, batch_size: int, seed: int):
+        self.source, self.target = source, target
+        self.source_stream = ShuffledStream(len(source.train_labels), batch_size, seed * 2)
+        self.target_stream = ShuffledStream(len(target.train_labels), batch_size, seed * 2 + 1)
+
+    def __iter__(self) -> DomainPairStream:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        s = self.source_stream.next_indices()
+        t = self.target_stream.next_indices()
+        return {
+            "source_image": self.source.train_images[s],
+            "source_label": self.source.train_labels[s],
+            "target_image": self.target.train_images[t],
+            "target_index": t,
+        }
+
+    def get_state(self) -> dict[str, dict[str, int]]:
+        """Both streams' positions."""
+        return {"source": self.source_stream.get_state(), "target": self.target_stream.get_state()}
+
+    def set_state(self, state: dict[str, dict[str, int]]) -> None:
+        """Continues both streams from :meth:`get_state`'s output."""
+        self.source_stream.set_state(state["source"])
+        self.target_stream.set_state(state["target"])
+
+
+def eval_batches(
+    images: np.ndarray, labels: np.ndarray | None, batch_size: int
+) -> Iterator[tuple[np.ndarray, np.ndarray | None, int]]:
+    """Fixed-order ``(images, labels, num_valid)`` batches; the last is padded to ``batch_size``
+    with copies of row 0 so one compiled function serves every batch."""
+    for start in range(0, len(images), batch_size):
+        chunk = images[start : start + batch_size]
+        valid = len(chunk)
+        label_chunk = None if labels is None else labels[start : start + batch_size]
+        if valid < batch_size:
+            pad = batch_size - valid
+            chunk = np.concatenate([chunk, np.repeat(images[:1], pad, axis=0)])
+            if label_chunk is not None:
+                label_chunk = np.concatenate([label_chunk, np.repeat(labels[:1], pad)])
+        yield chunk, label_chunk, valid

@@ -1,0 +1,24 @@
+"""Methods by name. Each is a module with ``train_step(state, batch, rng, *, ctx)``.
+
+``METHODS`` maps the config's ``method.name`` to the module; see :mod:`uda_jax.methods.base`
+for the shared shape of a step.
+"""
+
+from __future__ import annotations
+
+import difflib
+from types import ModuleType
+
+from uda_jax.errors import UserError
+from uda_jax.methods import cgdm, mcd, source_only
+
+METHODS: dict[str, ModuleType] = {"source_only": source_only, "mcd": mcd, "cgdm": cgdm}
+
+
+def get_method(name: str) -> ModuleType:
+    """The method module called ``name``; a :class:`UserError` listing the valid ones if none."""
+    if name not in METHODS:
+        close = difflib.get_close_matches(name, list(METHODS), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise UserError(f"unknown method.name {name!r}{hint}; valid: {', '.join(METHODS)}")
+    return METHODS[name]

@@ -1,0 +1,66 @@
+"""Where metrics go: a JSON-lines file in the run directory and a console progress bar."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from types import TracebackType
+
+from tqdm import tqdm
+
+
+class MetricsWriter:
+    """Appends one JSON object per line: ``{"step": int, "<name>": float, ...}``.
+
+    Non-finite values are written as strings ("nan", "inf") so every line stays valid JSON.
+    """
+
+    def __init__(self, path: Path):
+        self._file = open(path, "a")  # noqa: SIM115 (closed in __exit__)
+
+    def write(self, step: int, metrics: dict[str, float]) -> None:
+        """Writes and flushes one record."""
+        record = {"step": step}
+        record.update({k: v if math.isfinite(v) else str(v) for k, v in metrics.items()})
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+
+    def __enter__(self) -> MetricsWriter:
+        return self
+
+    def __exit__(self, kind: type | None, error: BaseException | None, tb: TracebackType | None):
+        self._file.close()
+
+
+class ProgressBar:
+    """A tqdm bar over the training steps with the latest losses and an ETA (on stderr)."""
+
+    _SHOWN = ("loss_cls", "disc_min", "loss_gd", "loss_ent")
+
+    def __init__(self, total: int, enabled: bool = True):
+        self._bar = tqdm(
+            total=total, disable=not enabled, file=sys.stderr, unit="step", dynamic_ncols=True
+        )
+
+    def show(self, metrics: dict[str, float]) -> None:
+        """Shows the main training losses next to the bar."""
+        shown = {
+            k.split("/")[-1]: f"{v:.4f}" for k, v in metrics.items() if k.endswith(self._SHOWN)
+        }
+        self._bar.set_postfix(shown, refresh=False)
+
+    def advance(self) -> None:
+        """One step done."""
+        self._bar.update(1)
+
+    def note(self, text: str) -> None:
+        """A line above the bar (e.g. an evaluation result)."""
+        self._bar.write(text, file=sys.stderr)
+
+    def __enter__(self) -> ProgressBar:
+        return self
+
+    def __exit__(self, kind: type | None, error: BaseException | None, tb: TracebackType | None):
+        self._bar.close()

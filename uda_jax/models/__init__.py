@@ -1,0 +1,118 @@
+"""Networks as pure functions over plain pytrees (DESIGN principle 13: flax stays in here).
+
+:func:`build_network` turns the model config into a :class:`Network` whose ``init`` returns
+``params`` and ``batch_stats`` grouped by module (``g`` the feature extractor, ``f1``/``f2`` the
+classifiers, or ``f`` for one classifier) and whose ``apply_*`` functions are pure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from uda_jax.config import ModelConfig
+from uda_jax.errors import UserError
+from uda_jax.models.digits import LeNetEncoder
+from uda_jax.models.heads import Bottleneck, Classifier
+
+PyTree = Any
+
+BACKBONES: dict[str, Callable[..., nn.Module]] = {"lenet": LeNetEncoder}
+
+
+class Generator(nn.Module):
+    """G: backbone, then an optional bottleneck. ``[batch, H, W, C]`` → ``[batch, dim]``."""
+
+    backbone: str
+    bottleneck_dim: int
+    bn_kwargs: dict
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        x = BACKBONES[self.backbone](**self.bn_kwargs, name="backbone")(x, train=train)
+        if self.bottleneck_dim:
+            x = Bottleneck(self.bottleneck_dim, name="bottleneck")(x)
+        return x
+
+
+@dataclasses.dataclass(frozen=True)
+class Network:
+    """A generator and ``len(classifier_names)`` classifiers of one architecture."""
+
+    generator: Generator
+    classifier: Classifier
+    classifier_names: tuple[str, ...]
+    train_bottleneck: bool
+
+    def init(self, rng: jax.Array, image_shape: tuple[int, ...]) -> tuple[PyTree, PyTree]:
+        """Initial ``(params, batch_stats)``, each a dict ``{group: pytree}``."""
+        keys = jax.random.split(rng, 1 + len(self.classifier_names))
+        images = jnp.zeros((2, *image_shape), jnp.float32)
+        g_vars = self.generator.init(keys[0], images, train=False)
+        features = self.generator.apply(g_vars, images, train=False)
+        params, stats = {"g": g_vars["params"]}, {"g": g_vars["batch_stats"]}
+        for key, name in zip(keys[1:], self.classifier_names, strict=True):
+            f_vars = self.classifier.init(key, features, train=False)
+            params[name], stats[name] = f_vars["params"], f_vars["batch_stats"]
+        return params, stats
+
+    def apply_generator(
+        self, params: PyTree, stats: PyTree, images: jax.Array, *, train: bool, rng=None
+    ) -> tuple[jax.Array, PyTree]:
+        """G's features ``[batch, dim]`` and its new batch_stats (unchanged in eval mode)."""
+        return _apply(self.generator, params, stats, images, train, rng)
+
+    def apply_classifier(
+        self, params: PyTree, stats: PyTree, features: jax.Array, *, train: bool, rng=None
+    ) -> tuple[jax.Array, PyTree]:
+        """One classifier's logits ``[batch, classes]`` and its new batch_stats."""
+        return _apply(self.classifier, params, stats, features, train, rng)
+
+    def frozen_mask(self, group: str, params: PyTree) -> PyTree:
+        """Pytree of bools over ``params`` of ``group``: True where the optimizer must not step.
+
+        Only G's bottleneck can be frozen (``model.train_bottleneck: false``, reference
+        Pitfall 1: the VisDA/DomainNet scripts never step it).
+        """
+        frozen_bottleneck = group == "g" and not self.train_bottleneck
+        return {
+            name: jax.tree.map(lambda _, f=frozen_bottleneck and name == "bottleneck": f, sub)
+            for name, sub in params.items()
+        }
+
+
+def _apply(module, params, stats, inputs, train, rng):
+    variables = {"params": params, "batch_stats": stats}
+    rngs = {"dropout": rng} if rng is not None else {}
+    if not train:
+        return module.apply(variables, inputs, train=False), stats
+    out, updates = module.apply(variables, inputs, train=True, rngs=rngs, mutable=["batch_stats"])
+    return out, updates["batch_stats"]
+
+
+def build_network(config: ModelConfig, num_classes: int, num_classifiers: int) -> Network:
+    """The network of ``config`` with ``num_classifiers`` heads (1: ``f``; 2: ``f1``, ``f2``)."""
+    if config.backbone not in BACKBONES:
+        raise UserError(
+            f"unknown model.backbone {config.backbone!r}; valid: {', '.join(sorted(BACKBONES))}"
+        )
+    bn_kwargs = {
+        "bn_momentum": config.bn_momentum,
+        "bn_epsilon": config.bn_eps,
+        "unbiased_running_var": config.bn_running_var == "unbiased",
+    }
+    classifier = Classifier(
+        num_classes=num_classes,
+        widths=tuple(config.classifier_widths),
+        dropout=config.dropout,
+        init_scheme=config.classifier_init,
+        **bn_kwargs,
+    )
+    names = ("f",) if num_classifiers == 1 else tuple(f"f{i + 1}" for i in range(num_classifiers))
+    generator = Generator(config.backbone, config.bottleneck_dim, bn_kwargs)
+    return Network(generator, classifier, names, config.train_bottleneck)

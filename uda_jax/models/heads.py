@@ -1,0 +1,71 @@
+"""Heads on top of a backbone: the bottleneck and CGDM's classifier (reference Part I §1.3)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+from flax import linen as nn
+
+from uda_jax.models.layers import BatchNorm, normal_init, torch_bias_init, torch_uniform_init
+
+
+class Bottleneck(nn.Module):
+    """Linear(in → dim), init N(0, 0.005²) and bias 0.1, no activation (``ResBottle``, §1.3.1)."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return nn.Dense(
+            self.features,
+            kernel_init=normal_init(0.0, 0.005),
+            bias_init=nn.initializers.constant(0.1),
+            name="fc",
+        )(x)
+
+
+def _dense_inits(init: str, fan_in: int):
+    """(kernel_init, bias_init) of the classifier's Linear layers for ``model.classifier_init``."""
+    if init == "reference":  # utils.py::weights_init: N(0, 0.01²) for W and b
+        return normal_init(0.0, 0.01), normal_init(0.0, 0.01)
+    if init == "xavier":  # 7c2fccf:main.py init_weights_xavier_normal
+        return nn.initializers.xavier_normal(), nn.initializers.zeros
+    return torch_uniform_init((0,)), torch_bias_init(fan_in)
+
+
+class Classifier(nn.Module):
+    """CGDM's ``ResClassifier``: per hidden width, dropout → Linear → BN → ReLU; then Linear.
+
+    With widths (1000, 1000) this is exactly §1.3.2: 10 parameter tensors. Input
+    ``features: [batch, dim]`` → ``logits: [batch, num_classes]``.
+    """
+
+    num_classes: int
+    widths: Sequence[int] = (1000, 1000)
+    dropout: float = 0.5
+    init_scheme: str = "reference"
+    bn_momentum: float = 0.1
+    bn_epsilon: float = 1e-5
+    unbiased_running_var: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        reference = self.init_scheme == "reference"
+        bn_scale_init = normal_init(1.0, 0.01) if reference else nn.initializers.ones
+        for index, width in enumerate(self.widths):
+            x = nn.Dropout(self.dropout, deterministic=not train)(x)
+            kernel_init, bias_init = _dense_inits(self.init_scheme, x.shape[-1])
+            x = nn.Dense(width, kernel_init=kernel_init, bias_init=bias_init, name=f"fc{index}")(x)
+            x = BatchNorm(
+                self.bn_momentum,
+                self.bn_epsilon,
+                self.unbiased_running_var,
+                scale_init=bn_scale_init,
+                name=f"bn{index}",
+            )(x, train=train)
+            x = nn.relu(x)
+        kernel_init, bias_init = _dense_inits(self.init_scheme, x.shape[-1])
+        return nn.Dense(self.num_classes, kernel_init=kernel_init, bias_init=bias_init, name="out")(
+            x
+        )

@@ -1,0 +1,94 @@
+"""Layers with PyTorch's numerics, so a faithful run matches the reference implementation.
+
+References: reference Part VII §1 (BatchNorm running variance) and §6 (weight layouts).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+
+def torch_uniform_init(fan_in_axes: tuple[int, ...]) -> nn.initializers.Initializer:
+    """PyTorch's default Linear/Conv init: U(−1/√fan_in, 1/√fan_in) (kaiming_uniform, a=√5).
+
+    ``fan_in_axes`` are the axes of the flax kernel that make up fan_in ((0,) for a Dense kernel
+    [in, out]; (0, 1, 2) for a Conv kernel [h, w, in, out]).
+    """
+
+    def init(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
+        fan_in = math.prod(shape[a] for a in fan_in_axes)
+        bound = 1.0 / math.sqrt(fan_in)
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def torch_bias_init(fan_in: int) -> nn.initializers.Initializer:
+    """PyTorch's default bias init, U(−1/√fan_in, 1/√fan_in); fan_in comes from the kernel."""
+    bound = 1.0 / math.sqrt(fan_in)
+
+    def init(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def normal_init(mean: float, std: float) -> nn.initializers.Initializer:
+    """N(mean, std²), e.g. the reference classifier init N(0, 0.01²) or BN γ ~ N(1, 0.01²)."""
+
+    def init(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
+        return mean + std * jax.random.normal(key, shape, dtype)
+
+    return init
+
+
+class BatchNorm(nn.Module):
+    """Batch normalisation over all axes but the last, with PyTorch's conventions.
+
+    Train mode normalises with the biased batch variance and updates the running statistics as
+    ``running ← (1 − momentum)·running + momentum·batch``; with ``unbiased_running_var`` the
+    variance that enters the running average is the unbiased one (n/(n−1)), as
+    ``torch.nn.BatchNorm*d`` does (reference Part VII §1). Eval mode uses the running statistics.
+    The variance is computed in two passes, (x − mean)², for accuracy.
+
+    Attributes:
+      momentum: PyTorch's momentum (0.1 by default; flax's ``momentum`` is 1 minus this).
+      epsilon: added to the variance.
+      unbiased_running_var: PyTorch's running-variance update (True) or flax's (False).
+      scale_init, bias_init: initialisers of γ and β.
+    """
+
+    momentum: float = 0.1
+    epsilon: float = 1e-5
+    unbiased_running_var: bool = True
+    scale_init: nn.initializers.Initializer = nn.initializers.ones
+    bias_init: nn.initializers.Initializer = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        features = x.shape[-1]
+        shape = (1,) * (x.ndim - 1) + (features,)  # explicit broadcasting over the batch axes
+        scale = self.param("scale", self.scale_init, (features,), jnp.float32)
+        bias = self.param("bias", self.bias_init, (features,), jnp.float32)
+        running_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
+        running_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
+        if train:
+            axes = tuple(range(x.ndim - 1))
+            mean = jnp.mean(x, axis=axes)
+            var = jnp.mean(jnp.square(x - mean.reshape(shape)), axis=axes)
+            if not self.is_initializing():
+                count = x.size // features
+                correction = count / max(count - 1, 1) if self.unbiased_running_var else 1.0
+                m = self.momentum
+                running_mean.value = (1 - m) * running_mean.value + m * jax.lax.stop_gradient(mean)
+                running_var.value = (1 - m) * running_var.value + m * jax.lax.stop_gradient(
+                    var * correction
+                )
+        else:
+            mean, var = running_mean.value, running_var.value
+        inv = jax.lax.rsqrt(var + self.epsilon) * scale
+        return (x - mean.reshape(shape)) * inv.reshape(shape) + bias.reshape(shape)

@@ -1,0 +1,38 @@
+"""The train state: everything a training step changes, as one pytree."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+
+PyTree = Any
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class TrainState:
+    """Everything that changes during training.
+
+    Attributes:
+      step: training iterations done so far (int32 scalar); the per-step RNG key is
+        ``fold_in(key, step)`` (DESIGN principle 10).
+      params: ``{group: pytree}`` with groups ``g``, ``f`` or ``f1``/``f2``.
+      batch_stats: BatchNorm running statistics, grouped like ``params``.
+      opt_state: ``{group: optax state}``, one optimizer state per module group.
+      pseudo_labels: ``[num_target_train]`` int32 target pseudo-labels (−1 before the first
+        refresh); training batches look them up by ``target_index``.
+      key: the run's base PRNG key.
+    """
+
+    step: jax.Array
+    params: PyTree
+    batch_stats: PyTree
+    opt_state: PyTree
+    pseudo_labels: jax.Array
+    key: jax.Array
+
+    def replace(self, **changes: Any) -> TrainState:
+        """A copy with ``changes`` applied."""
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,297 @@
+"""Command line: ``python -m uda_jax.train [CONFIG.yaml] [key=value ...]``.
+
+Reads and validates the config, loads the domains, builds the network, optimizers and the
+method's jit-compiled train step, then runs the loop: pseudo-label refreshes, periodic
+evaluation on the target test split, progress on the console and ``metrics.jsonl`` in the run
+directory, and at the end ``results.json`` and a ``done`` marker. No math lives here.
+
+Without arguments it trains CGDM on the embedded task mnist5k → ucidigits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from uda_jax.config import Config, dump_yaml, load_config
+from uda_jax.data.domains import DomainData, check_compatible, load_domain
+from uda_jax.data.pipeline import DomainPairStream
+from uda_jax.errors import UserError
+from uda_jax.evaluation import classification_metrics, make_predict_fn, predict_dataset
+from uda_jax.methods import get_method
+from uda_jax.methods.base import StepContext, compile_loop_step
+from uda_jax.metrics import MetricsWriter, ProgressBar
+from uda_jax.models import build_network
+from uda_jax.optim import build_optimizers
+from uda_jax.pseudo_labels import cluster_pseudo_labels
+from uda_jax.state import TrainState
+
+USAGE = "usage: python -m uda_jax.train [CONFIG.yaml] [key=value ...]"
+
+
+class TrainingError(Exception):
+    """Training cannot go on (a NaN or inf loss): the loop stops with one line, exit code 1."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """Everything built from a config before the first step."""
+
+    config: Config
+    source: DomainData
+    target: DomainData
+    ctx: StepContext
+    method: Any
+
+
+def build_experiment(config: Config) -> Experiment:
+    """Loads the domains and builds network, optimizers and method; all user errors happen here."""
+    method = get_method(config.method.name)
+    data = config.data
+    kwargs = dict(
+        image_size=data.image_size, test_fraction=data.test_fraction, split_seed=data.split_seed
+    )
+    source = load_domain(data.source, **kwargs)
+    target = load_domain(data.target, **kwargs)
+    check_compatible(source, target)
+    for domain in (source, target):
+        if data.batch_size > len(domain.train_labels):
+            raise UserError(
+                f"data.batch_size={data.batch_size} is larger than domain {domain.name!r} "
+                f"({len(domain.train_labels)} training images); lower data.batch_size"
+            )
+    network = build_network(config.model, source.num_classes, method.NUM_CLASSIFIERS)
+    params, _ = jax.eval_shape(lambda: network.init(jax.random.key(0), source.image_shape))
+    masks = {group: network.frozen_mask(group, tree) for group, tree in params.items()}
+    optimizers = build_optimizers(config.optimizer, masks)
+    return Experiment(
+        config, source, target, StepContext(network, optimizers, config.method), method
+    )
+
+
+def create_train_state(experiment: Experiment) -> TrainState:
+    """The initial state: fresh parameters and optimizer states, pseudo-labels all −1."""
+    key = jax.random.key(experiment.config.seed)
+    init_key, train_key = jax.random.split(key)
+    network = experiment.ctx.network
+    params, stats = network.init(init_key, experiment.source.image_shape)
+    opt_state = {g: opt.init(params[g]) for g, opt in experiment.ctx.optimizers.items()}
+    num_target = len(experiment.target.train_labels)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=stats,
+        opt_state=opt_state,
+        pseudo_labels=jnp.full((num_target,), -1, jnp.int32),
+        key=train_key,
+    )
+
+
+def refresh_pseudo_labels(experiment: Experiment, state: TrainState, predict_fn) -> TrainState:
+    """Eval-mode pass over the target training set, then CGDM's clustering (§1.7)."""
+    features, logits = predict_dataset(
+        predict_fn,
+        state.params,
+        state.batch_stats,
+        experiment.target.train_images,
+        experiment.config.data.eval_batch_size,
+    )
+    labels = cluster_pseudo_labels(jnp.asarray(features), jax.nn.softmax(jnp.asarray(logits)))
+    return state.replace(pseudo_labels=labels)
+
+
+def evaluate_target(experiment: Experiment, state: TrainState, predict_fn) -> dict[str, float]:
+    """Accuracy metrics on the target test split, keys ``eval/...``."""
+    target = experiment.target
+    _, logits = predict_dataset(
+        predict_fn,
+        state.params,
+        state.batch_stats,
+        target.test_images,
+        experiment.config.data.eval_batch_size,
+    )
+    metrics = classification_metrics(
+        np.argmax(logits, axis=1), target.test_labels, target.class_names
+    )
+    return {f"eval/target_{k}": v for k, v in metrics.items()}
+
+
+def pseudo_refresh_due(config: Config, step: int) -> bool:
+    """Whether the pseudo-labels are recomputed before iteration ``step``."""
+    warmup, interval = config.method.warmup_steps, config.method.pseudo_interval
+    return step >= warmup and (step - warmup) % interval == 0
+
+
+def check_finite(step: int, metrics: dict[str, float]) -> None:
+    """Raises :class:`TrainingError` naming the step and the loss that is NaN or inf."""
+    for name, value in metrics.items():
+        if not math.isfinite(value):
+            raise TrainingError(
+                f"step {step}: {name} is {value}; training stopped "
+                "(lower optimizer.learning_rate or check the data)"
+            )
+
+
+def run(config: Config, run_dir: Path) -> dict[str, Any]:
+    """Trains ``config`` and writes the run directory; returns the final results."""
+    experiment = build_experiment(config)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(dump_yaml(config))
+    start = time.perf_counter()
+    state = create_train_state(experiment)
+    step_fn = compile_loop_step(experiment.method.train_step, experiment.ctx)
+    predict_fn = make_predict_fn(experiment.ctx.network)
+    stream = DomainPairStream(
+        experiment.source, experiment.target, config.data.batch_size, config.seed
+    )
+    eval_metrics: dict[str, float] = {}
+    train_start, excluded = None, 0.0  # seconds outside train steps (refresh, evaluation)
+    with (
+        MetricsWriter(run_dir / "metrics.jsonl") as writer,
+        ProgressBar(config.steps, config.progress) as progress,
+    ):
+        for step in range(config.steps):
+            if experiment.method.USES_PSEUDO_LABELS and pseudo_refresh_due(config, step):
+                with _Stopwatch(state) as watch:
+                    state = refresh_pseudo_labels(experiment, state, predict_fn)
+                excluded += watch.seconds
+            state, metrics = step_fn(state, next(stream))
+            done = step + 1
+            if train_start is None:  # the first step includes compilation: time the rest
+                jax.block_until_ready(state.step)
+                train_start, excluded = time.perf_counter(), 0.0
+            if done % config.log_every == 0 or done == config.steps:
+                values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                check_finite(done, values)
+                writer.write(done, values)
+                progress.show(values)
+            progress.advance()
+            if done == config.steps or (config.eval_every and done % config.eval_every == 0):
+                with _Stopwatch(state) as watch:
+                    eval_metrics = evaluate_target(experiment, state, predict_fn)
+                excluded += watch.seconds
+                writer.write(done, eval_metrics)
+                accuracy = eval_metrics["eval/target_accuracy"]
+                progress.note(f"step {done}: target accuracy {accuracy:.4f}")
+    jax.block_until_ready(state.step)
+    train_seconds = time.perf_counter() - train_start - excluded
+    results = {
+        "method": config.method.name,
+        "source": config.data.source,
+        "target": config.data.target,
+        "steps": config.steps,
+        "seed": config.seed,
+        "target_accuracy": eval_metrics["eval/target_accuracy"],
+        "target_mean_class_accuracy": eval_metrics["eval/target_mean_class_accuracy"],
+        "per_class_accuracy": {
+            k.removeprefix("eval/target_per_class/"): v
+            for k, v in eval_metrics.items()
+            if "per_class/" in k
+        },
+        "wall_time_s": time.perf_counter() - start,
+        "steps_per_s": (config.steps - 1) / train_seconds if train_seconds > 0 else None,
+        "selection": "final iterate",
+        "devices": [str(d) for d in jax.devices()],
+        "versions": {"jax": jax.__version__, "python": sys.version.split()[0]},
+        "command": " ".join(sys.argv),
+    }
+    _write_json_atomic(run_dir / "results.json", results)
+    (run_dir / "done").write_text("")
+    return results
+
+
+class _Stopwatch:
+    """Seconds spent inside a ``with`` block, after the device finished the work before it."""
+
+    def __init__(self, pending: Any):
+        self._pending = pending
+
+    def __enter__(self) -> _Stopwatch:
+        jax.block_until_ready(self._pending)
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.seconds = time.perf_counter() - self._start
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def default_run_dir(config: Config) -> Path:
+    """``runs/<method>_<source>-<target>_<YYYYmmdd-HHMMSS>``."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{config.method.name}_{config.data.source}-{config.data.target}_{stamp}"
+
+
+def resolve_run_dir(config: Config) -> Path:
+    """The run directory; a directory that already holds a run is refused, not overwritten."""
+    run_dir = Path(config.run_dir) if config.run_dir else default_run_dir(config)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"run_dir {run_dir} is a file; choose a directory path")
+    if (run_dir / "config.yaml").exists():
+        raise UserError(f"run_dir {run_dir} already holds a run; choose another run_dir")
+    return run_dir
+
+
+def parse_args(argv: Sequence[str]) -> tuple[str | None, list[str]]:
+    """``(config path or None, overrides)`` from the command line."""
+    if any(arg in ("-h", "--help") for arg in argv):
+        raise SystemExit(print(__doc__.strip() + "\n\n" + USAGE) or 0)
+    path = None
+    overrides = list(argv)
+    if overrides and "=" not in overrides[0]:
+        path = overrides.pop(0)
+    for arg in overrides:
+        if "=" not in arg:
+            raise UserError(f"argument {arg!r} is not key=value; {USAGE}")
+    return path, overrides
+
+
+def summary_line(results: dict[str, Any], run_dir: Path) -> str:
+    """The closing summary printed after training."""
+    steps_per_s = results["steps_per_s"]
+    speed = f"{steps_per_s:.1f} steps/s" if steps_per_s else "n/a"
+    return (
+        f"{results['method']} {results['source']} → {results['target']}: "
+        f"target accuracy {results['target_accuracy']:.4f}, "
+        f"mean class accuracy {results['target_mean_class_accuracy']:.4f} "
+        f"after {results['steps']} steps ({results['wall_time_s']:.0f} s, {speed}); "
+        f"results in {run_dir}"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code (2 for any user mistake)."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        path, overrides = parse_args(argv)
+        config = load_config(path, overrides)
+        run_dir = resolve_run_dir(config)
+        results = run(config, run_dir)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except TrainingError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(summary_line(results, run_dir))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
