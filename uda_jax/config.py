@@ -64,7 +64,7 @@ class MethodConfig:
     pseudo_weight: float = 0.01  # α: pseudo-label weighted CE in step A (CGDM)
     gd_weight: float = 0.01  # β: gradient discrepancy loss in step C (CGDM)
     warmup_steps: int = 200  # steps before pseudo-labels and L_GD switch on (reference: epoch 0)
-    pseudo_interval: int = 200  # refresh the target pseudo-labels every this many steps
+    pseudo_interval: int = 100  # refresh the target pseudo-labels every this many steps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,9 +99,9 @@ class Config:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
-    steps: int = 1000
+    steps: int = 400
     seed: int = 0
-    eval_every: int = 500  # 0: evaluate only at the end
+    eval_every: int = 100  # 0: evaluate only at the end
     log_every: int = 25
     run_dir: str | None = None  # default: runs/<method>_<source>-<target>_<time>
     progress: bool = True

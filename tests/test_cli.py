@@ -1,0 +1,124 @@
+"""``python -m uda_jax.train`` end to end on a tiny budget, and every bad-input case."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from uda_jax.train import main
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = [
+    "steps=4",
+    "log_every=1",
+    "eval_every=2",
+    "method.num_k=1",
+    "method.warmup_steps=2",
+    "method.pseudo_interval=1",
+    "model.classifier_widths=[16,16]",
+    "data.batch_size=8",
+    "progress=false",
+]
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def cgdm_runs(tmp_path_factory):
+    """Three tiny CGDM runs in one process: seed 0 twice and seed 1."""
+    base = tmp_path_factory.mktemp("runs")
+    dirs = {}
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        dirs[name] = base / name
+        assert main([*TINY, f"seed={seed}", f"run_dir={dirs[name]}"]) == 0
+    return dirs
+
+
+def test_run_writes_config_metrics_results_and_done(cgdm_runs):
+    run_dir = cgdm_runs["a"]
+    assert (run_dir / "config.yaml").read_text().startswith("method:")
+    assert (run_dir / "done").exists()
+    results = json.loads((run_dir / "results.json").read_text())
+    for key in ("target_accuracy", "target_mean_class_accuracy", "steps", "wall_time_s"):
+        assert key in results
+    assert 0.0 <= results["target_accuracy"] <= 1.0
+    assert results["steps"] == 4
+    assert results["steps_per_s"] > 0
+    records = _metrics(run_dir)
+    assert [r["step"] for r in records if "train/loss_cls" in r] == [1, 2, 3, 4]
+    evals = [r for r in records if "eval/target_accuracy" in r]
+    assert [r["step"] for r in evals] == [2, 4]
+    assert evals[-1]["eval/target_accuracy"] == results["target_accuracy"]
+    # the pseudo-label and gradient-discrepancy terms switch on at warmup_steps=2
+    gd = {r["step"]: r["train/loss_gd"] for r in records if "train/loss_gd" in r}
+    assert gd[1] == 0.0 and gd[2] == 0.0 and gd[3] > 0.0
+
+
+def test_same_seed_gives_identical_metrics_and_another_seed_does_not(cgdm_runs):
+    assert _metrics(cgdm_runs["a"]) == _metrics(cgdm_runs["b"])
+    assert _metrics(cgdm_runs["a"]) != _metrics(cgdm_runs["c"])
+
+
+def test_existing_run_dir_is_refused_and_left_alone(cgdm_runs, capsys):
+    before = (cgdm_runs["a"] / "metrics.jsonl").read_text()
+    assert main([*TINY, f"run_dir={cgdm_runs['a']}"]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (cgdm_runs["a"] / "metrics.jsonl").read_text() == before
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["stepz=3"], "did you mean 'steps'"),
+        (["steps=many"], "steps must be of type int"),
+        (["method.name=cgdn"], "unknown method.name 'cgdn' (did you mean 'cgdm'?)"),
+        (["optimizer.name=adamm"], "unknown optimizer.name 'adamm' (did you mean 'adam'?)"),
+        (["data.target=uci"], "unknown domain 'uci'"),
+        (["data.source=mnist"], "did you mean 'mnist5k'"),
+        (["model.backbone=resnet9"], "unknown model.backbone"),
+        (["optimizer.kwargs.momentm=0.5"], "did you mean 'momentum'"),
+        (["data.batch_size=5000"], "data.batch_size=5000 is larger than domain"),
+        (["missing_config.yaml"], "config file not found"),
+        (["configs/digits_cgdm.yaml", "oops"], "is not key=value"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(args, fragment, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    code = main([*args, f"run_dir={run_dir}"] if "=" in args[-1] else args)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: ") and fragment in err
+    assert err.count("\n") == 1
+    assert not run_dir.exists()
+
+
+def test_module_entry_point_exit_code_and_no_traceback(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run(
+        [sys.executable, "-m", "uda_jax.train", "stepz=3", f"run_dir={tmp_path / 'r'}"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "error: unknown config key 'stepz' (did you mean 'steps'?); valid keys here: method, "
+        "model, data, optimizer, steps, seed, eval_every, log_every, run_dir, progress"
+    ]
+
+
+def test_nan_loss_stops_with_the_step_and_loss_named(tmp_path, capsys):
+    run_dir = tmp_path / "nan"
+    args = ["method.name=source_only", "optimizer.learning_rate=1e12", "steps=30", "log_every=1"]
+    assert main([*args, "progress=false", f"run_dir={run_dir}"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: step ") and "train/loss_cls is nan" in err
+    assert not (run_dir / "done").exists() and not (run_dir / "results.json").exists()
