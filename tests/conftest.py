@@ -5,20 +5,17 @@ Tests that need several devices run in a subprocess with
 """
 
 import os
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The embedded-data cache of the test session, never the user's (set before any fixture runs).
+os.environ["UDA_JAX_CACHE"] = tempfile.mkdtemp(prefix="uda_jax_test_cache_")
 
 import jax
 import pytest
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_numpy_dtype_promotion", "strict")
-
-
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    """The embedded-data cache is shared by the session's tests but never the user's."""
-    monkeypatch.setenv("UDA_JAX_CACHE", str(tmp_path_factory.getbasetemp() / "uda_jax_cache"))
 
 
 @pytest.fixture

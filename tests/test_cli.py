@@ -109,10 +109,8 @@ def test_module_entry_point_exit_code_and_no_traceback(tmp_path):
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines() == [
-        "error: unknown config key 'stepz' (did you mean 'steps'?); valid keys here: method, "
-        "model, data, optimizer, steps, seed, eval_every, log_every, run_dir, progress"
-    ]
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("error: unknown config key 'stepz' (did you mean 'steps'?); valid keys")
 
 
 def test_nan_loss_stops_with_the_step_and_loss_named(tmp_path, capsys):

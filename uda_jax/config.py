@@ -51,6 +51,8 @@ class ModelConfig:
     bn_running_var: str = "unbiased"  # unbiased: PyTorch (faithful); biased: flax's convention
     bn_momentum: float = 0.1  # PyTorch convention: running ← (1 − m)·running + m·batch
     bn_eps: float = 1e-5
+    discriminator_hidden: int = 1024  # the adversarial methods' domain discriminator
+    discriminator_dropout: float = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +67,28 @@ class MethodConfig:
     gd_weight: float = 0.01  # β: gradient discrepancy loss in step C (CGDM)
     warmup_steps: int = 200  # steps before pseudo-labels and L_GD switch on (reference: epoch 0)
     pseudo_interval: int = 100  # refresh the target pseudo-labels every this many steps
+    trade_off: float = 1.0  # weight of the transfer loss (DANN, CDAN, GVB-GD)
+    gvbg_weight: float = 1.0  # GVB-G bridge penalty mean|z| (gvb)
+    gvbd_weight: float = 1.0  # GVB-D bridge penalty mean|b| (gvb)
+    grl_max_iter: float = 10000.0  # c(t) = 2/(1 + exp(−alpha·t/max_iter)) − 1
+    grl_alpha: float = 10.0
+
+
+@dataclasses.dataclass(frozen=True)
+class MetaAlignConfig:
+    """MetaAlign around an adversarial method (reference Part II §2.3–2.4)."""
+
+    enabled: bool = False
+    order: str = "first"  # first: the official code (inner gradient detached); second: exact
+    meta_lr: float = 1.0  # inner step α_p = meta_lr · lr(t) · inner_mult[p]
+    period: int = 1  # the two meta-train/meta-test role assignments alternate every `period` steps
+    roles: str = "alternate"  # alternate | align_first | cls_first
+    # Multipliers of the inner step by parameter path prefix (longest match, default 1): the
+    # reference gives 10 to names with 'fc' or 'gvb' (the head, both bridges), 1 to the rest.
+    inner_mult: dict[str, float] = dataclasses.field(
+        default_factory=lambda: {"f": 10.0, "d/gvbd": 10.0}
+    )
+    stale_discriminator: bool = True  # faithful: cls-first uses the last align-first fast θ_D
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +123,7 @@ class Config:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+    metaalign: MetaAlignConfig = dataclasses.field(default_factory=MetaAlignConfig)
     steps: int = 400
     seed: int = 0
     eval_every: int = 100  # 0: evaluate only at the end
@@ -284,6 +309,8 @@ _CHOICES = {
     "model.classifier_init": ("reference", "xavier", "pytorch"),
     "model.bn_running_var": ("unbiased", "biased"),
     "optimizer.schedule": ("constant", "inv"),
+    "metaalign.order": ("first", "second"),
+    "metaalign.roles": ("alternate", "align_first", "cls_first"),
 }
 
 
@@ -303,6 +330,8 @@ def validate(config: Config) -> None:
         "method.pseudo_interval": config.method.pseudo_interval,
         "log_every": config.log_every,
         "optimizer.learning_rate": config.optimizer.learning_rate,
+        "metaalign.period": config.metaalign.period,
+        "model.discriminator_hidden": config.model.discriminator_hidden,
     }
     for key, value in positive.items():
         if value <= 0:

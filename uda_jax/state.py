@@ -24,6 +24,8 @@ class TrainState:
       pseudo_labels: ``[num_target_train]`` int32 target pseudo-labels (−1 before the first
         refresh); training batches look them up by ``target_index``.
       key: the run's base PRNG key.
+      extras: method-specific state, a dict pytree (MetaAlign keeps its last fast
+        discriminator weights here); empty for most methods.
     """
 
     step: jax.Array
@@ -32,6 +34,7 @@ class TrainState:
     opt_state: PyTree
     pseudo_labels: jax.Array
     key: jax.Array
+    extras: PyTree = dataclasses.field(default_factory=dict)
 
     def replace(self, **changes: Any) -> TrainState:
         """A copy with ``changes`` applied."""

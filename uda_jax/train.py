@@ -11,6 +11,7 @@ Without arguments it trains CGDM on the embedded task mnist5k → ucidigits.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -29,7 +30,7 @@ from uda_jax.data.domains import DomainData, check_compatible, load_domain
 from uda_jax.data.pipeline import DomainPairStream
 from uda_jax.errors import UserError
 from uda_jax.evaluation import classification_metrics, make_predict_fn, predict_dataset
-from uda_jax.methods import get_method
+from uda_jax.methods import METHODS, get_method, metaalign, supports_metaalign
 from uda_jax.methods.base import StepContext, compile_loop_step
 from uda_jax.metrics import MetricsWriter, ProgressBar
 from uda_jax.models import build_network
@@ -37,6 +38,7 @@ from uda_jax.optim import build_optimizers
 from uda_jax.pseudo_labels import cluster_pseudo_labels
 from uda_jax.state import TrainState
 
+COMPILING_STEPS = 2  # the first steps compile (MetaAlign: one function per role); not timed
 USAGE = "usage: python -m uda_jax.train [CONFIG.yaml] [key=value ...]"
 
 
@@ -71,13 +73,23 @@ def build_experiment(config: Config) -> Experiment:
                 f"data.batch_size={data.batch_size} is larger than domain {domain.name!r} "
                 f"({len(domain.train_labels)} training images); lower data.batch_size"
             )
-    network = build_network(config.model, source.num_classes, method.NUM_CLASSIFIERS)
+    if config.metaalign.enabled and not supports_metaalign(config.method.name):
+        valid = ", ".join(n for n in METHODS if supports_metaalign(n))
+        raise UserError(
+            f"metaalign.enabled needs an adversarial method ({valid}), not {config.method.name!r}"
+        )
+    network = build_network(
+        config.model,
+        source.num_classes,
+        method.NUM_CLASSIFIERS,
+        **getattr(method, "NETWORK", {}),
+    )
     params, _ = jax.eval_shape(lambda: network.init(jax.random.key(0), source.image_shape))
     masks = {group: network.frozen_mask(group, tree) for group, tree in params.items()}
     optimizers = build_optimizers(config.optimizer, masks)
-    return Experiment(
-        config, source, target, StepContext(network, optimizers, config.method), method
-    )
+    metaalign_config = config.metaalign if config.metaalign.enabled else None
+    ctx = StepContext(network, optimizers, config.method, metaalign_config)
+    return Experiment(config, source, target, ctx, method)
 
 
 def create_train_state(experiment: Experiment) -> TrainState:
@@ -88,6 +100,7 @@ def create_train_state(experiment: Experiment) -> TrainState:
     params, stats = network.init(init_key, experiment.source.image_shape)
     opt_state = {g: opt.init(params[g]) for g, opt in experiment.ctx.optimizers.items()}
     num_target = len(experiment.target.train_labels)
+    extras = metaalign.init_extras(params) if experiment.ctx.metaalign else {}
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
@@ -95,7 +108,27 @@ def create_train_state(experiment: Experiment) -> TrainState:
         opt_state=opt_state,
         pseudo_labels=jnp.full((num_target,), -1, jnp.int32),
         key=train_key,
+        extras=extras,
     )
+
+
+def make_step_fn(experiment: Experiment):
+    """``(state, batch, step) -> (state, metrics)``: the compiled step for iteration ``step``.
+
+    With MetaAlign, each of its two role assignments is compiled on its own and chosen here on
+    the host (XLA on CPU runs convolutions inside ``lax.cond`` several times slower).
+    """
+    ctx = experiment.ctx
+    if ctx.metaalign:
+        fns = {
+            flag: compile_loop_step(functools.partial(metaalign.branch_step, align_first=flag), ctx)
+            for flag in (False, True)
+        }
+        return lambda state, batch, step: fns[bool(metaalign.align_first_now(step, ctx.metaalign))](
+            state, batch
+        )
+    fn = compile_loop_step(experiment.method.train_step, ctx)
+    return lambda state, batch, step: fn(state, batch)
 
 
 def refresh_pseudo_labels(experiment: Experiment, state: TrainState, predict_fn) -> TrainState:
@@ -150,7 +183,7 @@ def run(config: Config, run_dir: Path) -> dict[str, Any]:
     (run_dir / "config.yaml").write_text(dump_yaml(config))
     start = time.perf_counter()
     state = create_train_state(experiment)
-    step_fn = compile_loop_step(experiment.method.train_step, experiment.ctx)
+    step_fn = make_step_fn(experiment)
     predict_fn = make_predict_fn(experiment.ctx.network)
     stream = DomainPairStream(
         experiment.source, experiment.target, config.data.batch_size, config.seed
@@ -166,9 +199,9 @@ def run(config: Config, run_dir: Path) -> dict[str, Any]:
                 with _Stopwatch(state) as watch:
                     state = refresh_pseudo_labels(experiment, state, predict_fn)
                 excluded += watch.seconds
-            state, metrics = step_fn(state, next(stream))
+            state, metrics = step_fn(state, next(stream), step)
             done = step + 1
-            if train_start is None:  # the first step includes compilation: time the rest
+            if done == min(COMPILING_STEPS, config.steps):  # time the steps after compilation
                 jax.block_until_ready(state.step)
                 train_start, excluded = time.perf_counter(), 0.0
             if done % config.log_every == 0 or done == config.steps:
@@ -186,6 +219,7 @@ def run(config: Config, run_dir: Path) -> dict[str, Any]:
                 progress.note(f"step {done}: target accuracy {accuracy:.4f}")
     jax.block_until_ready(state.step)
     train_seconds = time.perf_counter() - train_start - excluded
+    timed_steps = config.steps - min(COMPILING_STEPS, config.steps)
     results = {
         "method": config.method.name,
         "source": config.data.source,
@@ -200,7 +234,7 @@ def run(config: Config, run_dir: Path) -> dict[str, Any]:
             if "per_class/" in k
         },
         "wall_time_s": time.perf_counter() - start,
-        "steps_per_s": (config.steps - 1) / train_seconds if train_seconds > 0 else None,
+        "steps_per_s": timed_steps / train_seconds if timed_steps else None,
         "selection": "final iterate",
         "devices": [str(d) for d in jax.devices()],
         "versions": {"jax": jax.__version__, "python": sys.version.split()[0]},

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+from collections.abc import Callable
 
 import numpy as np
 
@@ -14,7 +15,10 @@ from uda_jax.errors import UserError
 
 @dataclasses.dataclass(frozen=True)
 class DomainData:
-    """One domain in memory: ``*_images [N, H, W, C]`` float32, ``*_labels [N]`` int32."""
+    """One domain in memory: ``*_images [N, H, W, C]`` float32, ``*_labels [N]`` int32.
+
+    ``class_names[k]`` names label ``k``; source and target of a run share the label space.
+    """
 
     name: str
     train_images: np.ndarray
@@ -35,40 +39,65 @@ class DomainData:
 
 
 def _embedded(name: str, image_size: int, test_fraction: float, split_seed: int) -> DomainData:
+    """An embedded domain (:mod:`uda_jax.data.embedded`) as :class:`DomainData`."""
     arrays = embedded.load_embedded(name, image_size, test_fraction, split_seed)
     return DomainData(name, *arrays, class_names=embedded.CLASS_NAMES)
 
 
-DOMAINS = {name: functools.partial(_embedded, name) for name in embedded.RAW_LOADERS}
+DOMAINS: dict[str, Callable[..., DomainData]] = {
+    name: functools.partial(_embedded, name) for name in embedded.RAW_LOADERS
+}
+"""Name → ``loader(image_size, test_fraction, split_seed)``; use :func:`load_domain`."""
 
 
 def load_domain(
     name: str, *, image_size: int = 32, test_fraction: float = 0.2, split_seed: int = 0
 ) -> DomainData:
-    """Loads and validates domain ``name``.
+    """Loads and validates domain ``name``: images ``[N, image_size, image_size, C]`` float32
+    in [−1, 1], a seeded stratified train/test split (``test_fraction`` of each class to test).
 
     Raises:
-      UserError: unknown name (with the closest valid one), impossible split settings, or data
+      UserError: unknown name (with the closest valid one), impossible size or split settings
+        (``image_size < 8``, ``test_fraction`` outside (0, 1), a negative seed), or data
         that is empty, has labels outside ``[0, num_classes)`` or non-finite pixels.
     """
     if name not in DOMAINS:
         close = difflib.get_close_matches(name, list(DOMAINS), n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise UserError(f"unknown domain {name!r}{hint}; valid domains: {', '.join(DOMAINS)}")
+    if isinstance(image_size, bool) or not isinstance(image_size, int | np.integer):
+        raise UserError(f"data.image_size must be an integer, got {image_size!r}")
     if image_size < 8:
         raise UserError(f"data.image_size must be at least 8, got {image_size}")
-    if not 0.0 < test_fraction < 1.0:
-        raise UserError(f"data.test_fraction must be in (0, 1), got {test_fraction}")
-    domain = DOMAINS[name](image_size, test_fraction, split_seed)
+    if not isinstance(test_fraction, int | float | np.floating) or not 0 < test_fraction < 1:
+        raise UserError(f"data.test_fraction must be in (0, 1), got {test_fraction!r}")
+    if (
+        isinstance(split_seed, bool)
+        or not isinstance(split_seed, int | np.integer)
+        or split_seed < 0
+    ):
+        raise UserError(f"data.split_seed must be a non-negative integer, got {split_seed!r}")
+    domain = DOMAINS[name](int(image_size), float(test_fraction), int(split_seed))
     validate_domain(domain)
     return domain
 
 
 def validate_domain(domain: DomainData) -> None:
-    """Raises :class:`UserError` for an empty split, a bad label or a non-finite pixel."""
+    """Raises :class:`UserError` for an empty split, a malformed array, a bad label or a
+    non-finite pixel — checked once at load, so training never meets them as NaN losses."""
     for split in ("train", "test"):
         images = getattr(domain, f"{split}_images")
         labels = getattr(domain, f"{split}_labels")
+        if images.ndim != 4 or labels.ndim != 1:
+            raise UserError(
+                f"domain {domain.name!r}: {split} images must be [N, H, W, C] and labels [N], "
+                f"got {images.shape} and {labels.shape}"
+            )
+        if images.shape[1:] != domain.image_shape:
+            raise UserError(
+                f"domain {domain.name!r}: train and test images differ in shape "
+                f"({domain.image_shape} vs {images.shape[1:]})"
+            )
         if len(labels) == 0:
             raise UserError(f"domain {domain.name!r} has no {split} images")
         if len(images) != len(labels):
@@ -86,7 +115,8 @@ def validate_domain(domain: DomainData) -> None:
 
 
 def check_compatible(source: DomainData, target: DomainData) -> None:
-    """Raises :class:`UserError` unless both domains share classes and image shape."""
+    """Raises :class:`UserError` unless both domains share the number of classes and the image
+    shape ``(H, W, C)`` — one model and one compiled step must serve both."""
     if source.num_classes != target.num_classes:
         raise UserError(
             f"domains {source.name!r} and {target.name!r} have {source.num_classes} and "

@@ -10,9 +10,22 @@ import difflib
 from types import ModuleType
 
 from uda_jax.errors import UserError
-from uda_jax.methods import cgdm, mcd, source_only
+from uda_jax.methods import cdan, cdan_e, cgdm, dann, gvb, mcd, source_only
 
-METHODS: dict[str, ModuleType] = {"source_only": source_only, "mcd": mcd, "cgdm": cgdm}
+METHODS: dict[str, ModuleType] = {
+    "source_only": source_only,
+    "mcd": mcd,
+    "cgdm": cgdm,
+    "dann": dann,
+    "cdan": cdan,
+    "cdan_e": cdan_e,
+    "gvb": gvb,
+}
+
+
+def supports_metaalign(name: str) -> bool:
+    """Whether MetaAlign can wrap method ``name`` (the adversarial ones)."""
+    return hasattr(METHODS.get(name), "ALIGNMENT")
 
 
 def get_method(name: str) -> ModuleType:

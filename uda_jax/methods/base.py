@@ -19,7 +19,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from uda_jax.config import MethodConfig
+from uda_jax.config import MetaAlignConfig, MethodConfig
 from uda_jax.models import Network
 from uda_jax.optim import ModuleOptimizer
 from uda_jax.state import TrainState
@@ -37,6 +37,7 @@ class StepContext:
     network: Network
     optimizers: dict[str, ModuleOptimizer]
     method: MethodConfig
+    metaalign: MetaAlignConfig | None = None
 
 
 def compile_train_step(train_step: Callable, ctx: StepContext) -> TrainStep:
@@ -107,8 +108,10 @@ def predict(
     With two classifiers the logits are their sum, the reference's prediction (§1.3.2).
     """
     features, _ = network.apply_generator(params["g"], stats["g"], images, train=False)
-    logits = sum(
+    outputs = [
         network.apply_classifier(params[n], stats[n], features, train=False)[0]
         for n in network.classifier_names
-    )
+    ]
+    # A bridged head returns (logits, bridge); its prediction is the logits.
+    logits = sum(out[0] if isinstance(out, tuple) else out for out in outputs)
     return features, logits

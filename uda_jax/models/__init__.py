@@ -18,7 +18,7 @@ from flax import linen as nn
 from uda_jax.config import ModelConfig
 from uda_jax.errors import UserError
 from uda_jax.models.digits import LeNetEncoder
-from uda_jax.models.heads import Bottleneck, Classifier
+from uda_jax.models.heads import Bottleneck, BridgedClassifier, Classifier, Discriminator
 
 PyTree = Any
 
@@ -42,23 +42,32 @@ class Generator(nn.Module):
 
 @dataclasses.dataclass(frozen=True)
 class Network:
-    """A generator and ``len(classifier_names)`` classifiers of one architecture."""
+    """A generator, ``len(classifier_names)`` classifiers of one architecture and, for the
+    adversarial methods, a domain discriminator ``d`` whose input width is
+    ``discriminator_input(feature_dim, num_classes)``."""
 
     generator: Generator
-    classifier: Classifier
+    classifier: nn.Module
     classifier_names: tuple[str, ...]
     train_bottleneck: bool
+    num_classes: int
+    discriminator: Discriminator | None = None
+    discriminator_input: Callable[[int, int], int] | None = None
 
     def init(self, rng: jax.Array, image_shape: tuple[int, ...]) -> tuple[PyTree, PyTree]:
         """Initial ``(params, batch_stats)``, each a dict ``{group: pytree}``."""
-        keys = jax.random.split(rng, 1 + len(self.classifier_names))
+        keys = jax.random.split(rng, 2 + len(self.classifier_names))
         images = jnp.zeros((2, *image_shape), jnp.float32)
         g_vars = self.generator.init(keys[0], images, train=False)
         features = self.generator.apply(g_vars, images, train=False)
         params, stats = {"g": g_vars["params"]}, {"g": g_vars["batch_stats"]}
-        for key, name in zip(keys[1:], self.classifier_names, strict=True):
+        for key, name in zip(keys[2:], self.classifier_names, strict=True):
             f_vars = self.classifier.init(key, features, train=False)
-            params[name], stats[name] = f_vars["params"], f_vars["batch_stats"]
+            params[name], stats[name] = f_vars["params"], f_vars.get("batch_stats", {})
+        if self.discriminator is not None:
+            width = self.discriminator_input(features.shape[1], self.num_classes)
+            d_vars = self.discriminator.init(keys[1], jnp.zeros((2, width)), train=False)
+            params["d"], stats["d"] = d_vars["params"], {}
         return params, stats
 
     def apply_generator(
@@ -72,6 +81,13 @@ class Network:
     ) -> tuple[jax.Array, PyTree]:
         """One classifier's logits ``[batch, classes]`` and its new batch_stats."""
         return _apply(self.classifier, params, stats, features, train, rng)
+
+    def apply_discriminator(
+        self, params: PyTree, inputs: jax.Array, *, train: bool, rng=None
+    ) -> tuple[jax.Array, jax.Array]:
+        """``(domain logit [batch], bridge [batch])`` of the discriminator (no BatchNorm)."""
+        rngs = {"dropout": rng} if rng is not None else {}
+        return self.discriminator.apply({"params": params}, inputs, train=train, rngs=rngs)
 
     def frozen_mask(self, group: str, params: PyTree) -> PyTree:
         """Pytree of bools over ``params`` of ``group``: True where the optimizer must not step.
@@ -87,16 +103,32 @@ class Network:
 
 
 def _apply(module, params, stats, inputs, train, rng):
-    variables = {"params": params, "batch_stats": stats}
+    variables = {"params": params, "batch_stats": stats} if stats else {"params": params}
     rngs = {"dropout": rng} if rng is not None else {}
     if not train:
         return module.apply(variables, inputs, train=False), stats
     out, updates = module.apply(variables, inputs, train=True, rngs=rngs, mutable=["batch_stats"])
-    return out, updates["batch_stats"]
+    return out, updates.get("batch_stats", {})
 
 
-def build_network(config: ModelConfig, num_classes: int, num_classifiers: int) -> Network:
-    """The network of ``config`` with ``num_classifiers`` heads (1: ``f``; 2: ``f1``, ``f2``)."""
+def build_network(
+    config: ModelConfig,
+    num_classes: int,
+    num_classifiers: int,
+    *,
+    head: str = "mlp",
+    bridge: bool = False,
+    discriminator_input: Callable[[int, int], int] | None = None,
+) -> Network:
+    """The network of ``config``.
+
+    Args:
+      num_classifiers: 1 (group ``f``) or 2 (``f1``, ``f2``).
+      head: ``mlp`` (CGDM's classifier, §1.3.2) or ``linear`` (the adversarial methods' fc).
+      bridge: GVB's bridges on the linear head and the discriminator.
+      discriminator_input: for the adversarial methods, the discriminator's input width as a
+        function of ``(feature_dim, num_classes)``; None for no discriminator.
+    """
     if config.backbone not in BACKBONES:
         raise UserError(
             f"unknown model.backbone {config.backbone!r}; valid: {', '.join(sorted(BACKBONES))}"
@@ -106,13 +138,29 @@ def build_network(config: ModelConfig, num_classes: int, num_classifiers: int) -
         "bn_epsilon": config.bn_eps,
         "unbiased_running_var": config.bn_running_var == "unbiased",
     }
-    classifier = Classifier(
-        num_classes=num_classes,
-        widths=tuple(config.classifier_widths),
-        dropout=config.dropout,
-        init_scheme=config.classifier_init,
-        **bn_kwargs,
-    )
+    if head == "mlp":
+        classifier = Classifier(
+            num_classes=num_classes,
+            widths=tuple(config.classifier_widths),
+            dropout=config.dropout,
+            init_scheme=config.classifier_init,
+            **bn_kwargs,
+        )
+    else:
+        classifier = BridgedClassifier(num_classes=num_classes, bridge=bridge)
+    discriminator = None
+    if discriminator_input is not None:
+        discriminator = Discriminator(
+            config.discriminator_hidden, config.discriminator_dropout, bridge
+        )
     names = ("f",) if num_classifiers == 1 else tuple(f"f{i + 1}" for i in range(num_classifiers))
     generator = Generator(config.backbone, config.bottleneck_dim, bn_kwargs)
-    return Network(generator, classifier, names, config.train_bottleneck)
+    return Network(
+        generator,
+        classifier,
+        names,
+        config.train_bottleneck,
+        num_classes,
+        discriminator,
+        discriminator_input,
+    )

@@ -69,3 +69,61 @@ class Classifier(nn.Module):
         return nn.Dense(self.num_classes, kernel_init=kernel_init, bias_init=bias_init, name="out")(
             x
         )
+
+
+class BridgedClassifier(nn.Module):
+    """A linear classifier ``y = fc(f)`` with an optional GVB-G bridge ``z = gvbg(f)``.
+
+    Returns ``(logits, bridge)`` with ``logits = y − z`` (GVB, reference §2.5) and ``bridge = z``
+    (zeros without a bridge). The layer names contain ``fc`` / ``gvb`` like the reference's, whose
+    inner MetaAlign step gives them a 10× multiplier. Init: N(0, 0.01²) weights, zero bias
+    (CDAN's ``fc``); Kaiming-normal for GVB's layers would differ only in scale.
+    """
+
+    num_classes: int
+    bridge: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> tuple[jax.Array, jax.Array]:
+        del train
+        dense = lambda name: nn.Dense(
+            self.num_classes,
+            kernel_init=normal_init(0.0, 0.01),
+            bias_init=nn.initializers.zeros,
+            name=name,
+        )
+        y = dense("fc")(x)
+        if not self.bridge:
+            return y, jax.numpy.zeros_like(y)
+        z = dense("gvbg")(x)
+        return y - z, z
+
+
+class Discriminator(nn.Module):
+    """The reference ``AdversarialNetwork``: Linear → ReLU → Dropout → Linear → ReLU → Dropout,
+    then ``d = ad_layer3(h)`` and, with a GVB-D bridge, ``b = gvbd(h)``.
+
+    Returns ``(domain logit d − b [batch], bridge b [batch])``; the probability is its sigmoid.
+    Xavier-normal weights and zero biases (CDAN's ``init_weights``).
+    """
+
+    hidden: int = 1024
+    dropout: float = 0.5
+    bridge: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> tuple[jax.Array, jax.Array]:
+        dense = lambda width, name: nn.Dense(
+            width,
+            kernel_init=nn.initializers.xavier_normal(),
+            bias_init=nn.initializers.zeros,
+            name=name,
+        )
+        for index in (1, 2):
+            x = nn.relu(dense(self.hidden, f"ad_layer{index}")(x))
+            x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        d = dense(1, "ad_layer3")(x)[:, 0]
+        if not self.bridge:
+            return d, jax.numpy.zeros_like(d)
+        b = dense(1, "gvbd")(x)[:, 0]
+        return d - b, b

@@ -1,0 +1,122 @@
+"""Adversarial alignment pieces: gradient reversal, its schedule, and the domain losses of
+DANN, CDAN(+E) and GVB-GD (reference Part II §2.5, the GVB repository's ``loss.py``).
+
+Domain labels: source = 1, target = 0. ``d_out`` are discriminator probabilities in (0, 1).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from uda_jax.losses import row_entropy
+
+BCE_EPS = 1e-8  # GVB's WeightBCE: log(q + 1e-8)
+
+
+@jax.custom_jvp
+def _reverse(x: jax.Array, coeff: jax.Array) -> jax.Array:
+    return x
+
+
+@_reverse.defjvp
+def _reverse_jvp(primals, tangents):
+    x, coeff = primals
+    x_dot, _ = tangents
+    # The primal calls the reversal itself, so every further derivative reverses again.
+    return _reverse(x, coeff), -coeff * x_dot
+
+
+def gradient_reversal(x: jax.Array, coeff: jax.Array | float) -> jax.Array:
+    """Exactly ``x`` forward, ``−coeff · upstream`` backward, and right at every order.
+
+    A ``custom_jvp`` whose rule computes its primal by calling the reversal again (DESIGN
+    principle 9): a second derivative reverses each path through the layer, as PyTorch's
+    ``autograd.Function`` does under double backprop, and ``jax.jvp`` (cheap Hessian-vector
+    products) works. A ``custom_vjp`` that returns ``x`` gets second derivatives wrong, which
+    would corrupt exact second-order MetaAlign. ``coeff`` is never differentiated.
+    """
+    return _reverse(x, jax.lax.stop_gradient(jnp.asarray(coeff, x.dtype)))
+
+
+def grl_coefficient(
+    step: jax.Array,
+    max_iter: float = 10000.0,
+    alpha: float = 10.0,
+    low: float = 0.0,
+    high: float = 1.0,
+) -> jax.Array:
+    """``c(t) = 2(high − low) / (1 + exp(−alpha·t / max_iter)) − (high − low) + low``.
+
+    The reference's ``calc_coeff``: c(0) = 0, c(5000) ≈ 0.987 with the defaults.
+    """
+    t = jnp.asarray(step, jnp.float32)
+    span = high - low
+    return 2.0 * span / (1.0 + jnp.exp(-alpha * t / max_iter)) - span + low
+
+
+def binary_cross_entropy(probs: jax.Array, labels: jax.Array, eps: float = 0.0) -> jax.Array:
+    """``[batch]`` BCE ``−[y log(q + eps) + (1 − y) log(1 − q + eps)]``.
+
+    With ``eps = 0`` the logs are clamped at −100 like ``torch.nn.BCELoss``.
+    """
+    log_q = jnp.maximum(jnp.log(probs + eps), -100.0)
+    log_not_q = jnp.maximum(jnp.log(1.0 - probs + eps), -100.0)
+    return -(labels * log_q + (1.0 - labels) * log_not_q)
+
+
+def domain_labels(num_source: int, num_target: int, dtype=jnp.float32) -> jax.Array:
+    """``[num_source + num_target]``: 1 for source rows, 0 for target rows."""
+    return jnp.concatenate([jnp.ones((num_source,), dtype), jnp.zeros((num_target,), dtype)])
+
+
+def dann_loss(d_out: jax.Array, num_source: int) -> jax.Array:
+    """DANN's domain loss: mean BCE of ``d_out [2B]`` (source rows first)."""
+    labels = domain_labels(num_source, d_out.shape[0] - num_source, d_out.dtype)
+    return jnp.mean(binary_cross_entropy(d_out, labels))
+
+
+def multilinear_map(probs: jax.Array, features: jax.Array) -> jax.Array:
+    """CDAN's conditioning ``vec(p ⊗ f)``: ``[B, C]``, ``[B, D]`` → ``[B, C·D]``.
+
+    Row i is ``p_i f_iᵀ`` flattened row-major (``torch.bmm(p.unsqueeze(2), f.unsqueeze(1))``).
+    The caller detaches ``probs`` as CDAN does.
+    """
+    return (probs[:, :, None] * features[:, None, :]).reshape(probs.shape[0], -1)
+
+
+def _entropy_weights(probs, num_source, coeff, offset):
+    """Per-domain normalised ``offset + exp(−H)`` with a reversal of ``coeff`` on H."""
+    entropy = gradient_reversal(row_entropy(probs), coeff)
+    weights = offset + jnp.exp(-entropy)
+    source, target = weights[:num_source], weights[num_source:]
+    source = source / jax.lax.stop_gradient(jnp.sum(source))
+    target = target / jax.lax.stop_gradient(jnp.sum(target))
+    return jnp.concatenate([source, target])
+
+
+def cdan_entropy_loss(
+    d_out: jax.Array, probs: jax.Array, num_source: int, coeff: jax.Array
+) -> jax.Array:
+    """CDAN+E: ``Σ_i w_i BCE_i / stop_gradient(Σ_i w_i)`` with ``w = 1 + exp(−H(p))``.
+
+    The weights are normalised within each domain, and the entropy passes through a gradient
+    reversal with ``coeff`` (``CDAN-GD/loss.py::CDAN`` with ``entropy``).
+    """
+    weights = _entropy_weights(probs, num_source, coeff, offset=1.0)
+    labels = domain_labels(num_source, d_out.shape[0] - num_source, d_out.dtype)
+    bce = binary_cross_entropy(d_out, labels)
+    return jnp.sum(weights * bce) / jax.lax.stop_gradient(jnp.sum(weights))
+
+
+def gvb_transfer_loss(
+    d_out: jax.Array, probs: jax.Array, num_source: int, coeff: jax.Array
+) -> jax.Array:
+    """GVB-GD's ``L_trs = ½ Σ_i w_i · BCE(q_i, y_i)`` with ``w = exp(−H(p))`` per-domain
+    normalised and reversed by ``coeff`` on H, BCE with ``+1e-8`` in the logs (§2.5).
+
+    ``d_out`` is ``σ(d − b)``: the discriminator output minus its bridge.
+    """
+    weights = _entropy_weights(probs, num_source, coeff, offset=0.0)
+    labels = domain_labels(num_source, d_out.shape[0] - num_source, d_out.dtype)
+    return 0.5 * jnp.sum(weights * binary_cross_entropy(d_out, labels, eps=BCE_EPS))
