@@ -1,9 +1,12 @@
-"""Target accuracy of source_only, MCD and CGDM on the embedded digits task, both directions.
+"""Target accuracy of several configs on the embedded digits task, both directions.
 
-Every method gets the same budget (steps, batch, optimizer) and the same seeds. Writes a
-Markdown table (target accuracy mean ± std over seeds, steps/s) to ``--out`` and prints it.
+Every entry gets the same budget (steps) and the same seeds. An entry is a config name in
+``configs/`` with optional overrides after a colon: ``digits_gvb_metaalign:metaalign.order=second``.
+Writes a Markdown table (target accuracy mean ± std over seeds, median steps/s) to ``--out``.
 
-    python benchmarks/accuracy.py --steps 500 --seeds 0 1 2 --out benchmarks/results/accuracy.md
+    python benchmarks/accuracy.py --steps 400 --seeds 0 1 2                 # CGDM table
+    python benchmarks/accuracy.py --steps 300 --out benchmarks/results/metaalign.md \
+        --configs digits_dann digits_dann_metaalign digits_dann_metaalign:metaalign.order=second
 """
 
 from __future__ import annotations
@@ -22,11 +25,8 @@ from uda_jax.config import load_config
 from uda_jax.train import run
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFIGS = {
-    "source_only": ROOT / "configs/digits_source_only.yaml",
-    "mcd": ROOT / "configs/digits_mcd.yaml",
-    "cgdm": ROOT / "configs/digits_cgdm.yaml",
-}
+DEFAULT_CONFIGS = ["digits_source_only", "digits_mcd", "digits_cgdm"]
+KEYS = ("method", "source", "target", "seed", "target_accuracy", "steps_per_s")
 DIRECTIONS = [("mnist5k", "ucidigits"), ("ucidigits", "mnist5k")]
 
 
@@ -34,7 +34,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--methods", nargs="+", default=list(CONFIGS))
+    parser.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/accuracy.md")
     parser.add_argument("overrides", nargs="*", help="extra key=value overrides for every run")
     args = parser.parse_args()
@@ -42,7 +42,8 @@ def main() -> None:
     rows, raw = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for source, target in DIRECTIONS:
-            for method in args.methods:
+            for entry in args.configs:
+                name, _, extra_overrides = entry.partition(":")
                 accuracies, speeds = [], []
                 for seed in args.seeds:
                     overrides = [
@@ -52,10 +53,11 @@ def main() -> None:
                         f"seed={seed}",
                         "eval_every=0",
                         "progress=false",
-                        f"run_dir={tmp}/{method}_{source}_{seed}",
+                        f"run_dir={tmp}/{len(raw)}",
                         *args.overrides,
+                        *filter(None, extra_overrides.split(",")),
                     ]
-                    config = load_config(CONFIGS[method], overrides)
+                    config = load_config(ROOT / "configs" / f"{name}.yaml", overrides)
                     result = run(config, Path(config.run_dir))
                     accuracies.append(result["target_accuracy"])
                     speeds.append(result["steps_per_s"])
@@ -74,7 +76,7 @@ def main() -> None:
                     )
                     print(json.dumps(raw[-1]), flush=True)
                 rows.append(
-                    f"| {source} → {target} | {method} | "
+                    f"| {source} → {target} | {entry} | "
                     f"{100 * np.mean(accuracies):.1f} ± {100 * np.std(accuracies):.1f} | "
                     f"{np.median(speeds):.1f} |"
                 )
@@ -83,9 +85,10 @@ def main() -> None:
     header = [
         f"Measured {time.strftime('%Y-%m-%d')} on {platform.processor() or platform.machine()}, "
         f"{jax.device_count()} {jax.default_backend()} device(s), JAX {jax.__version__}.",
-        f"Command: `python benchmarks/accuracy.py --steps {args.steps} --seeds {seeds}{extra}`",
+        f"Command: `python benchmarks/accuracy.py --steps {args.steps} --seeds {seeds} "
+        f"--configs {' '.join(args.configs)}{extra}`",
         "",
-        f"| task | method | target accuracy % (mean ± std, {len(args.seeds)} seeds) | steps/s |",
+        f"| task | config | target accuracy % (mean ± std, {len(args.seeds)} seeds) | steps/s |",
         "|---|---|---|---|",
     ]
     table = "\n".join(header + rows) + "\n"

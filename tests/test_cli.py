@@ -120,3 +120,19 @@ def test_nan_loss_stops_with_the_step_and_loss_named(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: step ") and "train/loss_cls is nan" in err
     assert not (run_dir / "done").exists() and not (run_dir / "results.json").exists()
+
+
+def test_metaalign_config_runs_end_to_end_alternating_roles(tmp_path):
+    run_dir = tmp_path / "ma"
+    args = [str(ROOT / "configs/digits_gvb_metaalign.yaml"), "steps=3", "log_every=1"]
+    small = ["model.discriminator_hidden=16", "data.batch_size=8", "eval_every=0"]
+    assert main([*args, *small, "progress=false", f"run_dir={run_dir}"]) == 0
+    roles = [r["train/meta_align_first"] for r in _metrics(run_dir) if "train/loss_cls" in r]
+    assert roles == [0.0, 1.0, 0.0]
+    assert json.loads((run_dir / "results.json").read_text())["method"] == "gvb"
+
+
+def test_metaalign_on_a_non_adversarial_method_is_refused(tmp_path, capsys):
+    code = main(["metaalign.enabled=true", f"run_dir={tmp_path / 'r'}"])
+    assert code == 2
+    assert "metaalign.enabled needs an adversarial method" in capsys.readouterr().err

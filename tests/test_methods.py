@@ -25,11 +25,14 @@ def _setup(method, *overrides):
             "optimizer.learning_rate=0.05",
             "method.warmup_steps=0",
             "method.num_k=1",
+            "model.discriminator_hidden=32",
             *overrides,
         ],
     )
     module = get_method(method)
-    network = build_network(config.model, 10, module.NUM_CLASSIFIERS)
+    network = build_network(
+        config.model, 10, module.NUM_CLASSIFIERS, **getattr(module, "NETWORK", {})
+    )
     params, stats = network.init(jax.random.key(0), (32, 32, 1))
     masks = {g: network.frozen_mask(g, t) for g, t in params.items()}
     optimizers = build_optimizers(config.optimizer, masks)

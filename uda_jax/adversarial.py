@@ -1,7 +1,7 @@
 """Adversarial alignment pieces: gradient reversal, its schedule, and the domain losses of
 DANN, CDAN(+E) and GVB-GD (reference Part II §2.5, the GVB repository's ``loss.py``).
 
-Domain labels: source = 1, target = 0. ``d_out`` are discriminator probabilities in (0, 1).
+Domain labels: source = 1, target = 0. ``d_logits`` are the discriminator's logits (before σ).
 """
 
 from __future__ import annotations
@@ -55,14 +55,20 @@ def grl_coefficient(
     return 2.0 * span / (1.0 + jnp.exp(-alpha * t / max_iter)) - span + low
 
 
-def binary_cross_entropy(probs: jax.Array, labels: jax.Array, eps: float = 0.0) -> jax.Array:
-    """``[batch]`` BCE ``−[y log(q + eps) + (1 − y) log(1 − q + eps)]``.
+def binary_cross_entropy(probs: jax.Array, labels: jax.Array, eps: float) -> jax.Array:
+    """``[batch]`` BCE ``−[y log(q + eps) + (1 − y) log(1 − q + eps)]`` (GVB's ``WeightBCE``)."""
+    return -(labels * jnp.log(probs + eps) + (1.0 - labels) * jnp.log(1.0 - probs + eps))
 
-    With ``eps = 0`` the logs are clamped at −100 like ``torch.nn.BCELoss``.
+
+def binary_cross_entropy_with_logits(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """``[batch]`` BCE of ``σ(logits)``, ``y·softplus(−l) + (1 − y)·softplus(l)``.
+
+    ``torch.nn.BCELoss`` on ``σ(l)`` (DANN, CDAN) gives the same value and gradient until σ
+    saturates in float32 (|l| ≳ 17); there PyTorch clamps the log at −100 and its gradient
+    vanishes, while this form stays exact and finite. Written on probabilities, the clamp
+    would give NaN gradients (0 · ∞) in JAX.
     """
-    log_q = jnp.maximum(jnp.log(probs + eps), -100.0)
-    log_not_q = jnp.maximum(jnp.log(1.0 - probs + eps), -100.0)
-    return -(labels * log_q + (1.0 - labels) * log_not_q)
+    return labels * jax.nn.softplus(-logits) + (1.0 - labels) * jax.nn.softplus(logits)
 
 
 def domain_labels(num_source: int, num_target: int, dtype=jnp.float32) -> jax.Array:
@@ -70,10 +76,10 @@ def domain_labels(num_source: int, num_target: int, dtype=jnp.float32) -> jax.Ar
     return jnp.concatenate([jnp.ones((num_source,), dtype), jnp.zeros((num_target,), dtype)])
 
 
-def dann_loss(d_out: jax.Array, num_source: int) -> jax.Array:
-    """DANN's domain loss: mean BCE of ``d_out [2B]`` (source rows first)."""
-    labels = domain_labels(num_source, d_out.shape[0] - num_source, d_out.dtype)
-    return jnp.mean(binary_cross_entropy(d_out, labels))
+def dann_loss(d_logits: jax.Array, num_source: int) -> jax.Array:
+    """DANN's domain loss: mean BCE of the discriminator logits ``[2B]`` (source rows first)."""
+    labels = domain_labels(num_source, d_logits.shape[0] - num_source, d_logits.dtype)
+    return jnp.mean(binary_cross_entropy_with_logits(d_logits, labels))
 
 
 def multilinear_map(probs: jax.Array, features: jax.Array) -> jax.Array:
@@ -96,7 +102,7 @@ def _entropy_weights(probs, num_source, coeff, offset):
 
 
 def cdan_entropy_loss(
-    d_out: jax.Array, probs: jax.Array, num_source: int, coeff: jax.Array
+    d_logits: jax.Array, probs: jax.Array, num_source: int, coeff: jax.Array
 ) -> jax.Array:
     """CDAN+E: ``Σ_i w_i BCE_i / stop_gradient(Σ_i w_i)`` with ``w = 1 + exp(−H(p))``.
 
@@ -104,19 +110,21 @@ def cdan_entropy_loss(
     reversal with ``coeff`` (``CDAN-GD/loss.py::CDAN`` with ``entropy``).
     """
     weights = _entropy_weights(probs, num_source, coeff, offset=1.0)
-    labels = domain_labels(num_source, d_out.shape[0] - num_source, d_out.dtype)
-    bce = binary_cross_entropy(d_out, labels)
+    labels = domain_labels(num_source, d_logits.shape[0] - num_source, d_logits.dtype)
+    bce = binary_cross_entropy_with_logits(d_logits, labels)
     return jnp.sum(weights * bce) / jax.lax.stop_gradient(jnp.sum(weights))
 
 
 def gvb_transfer_loss(
-    d_out: jax.Array, probs: jax.Array, num_source: int, coeff: jax.Array
+    d_logits: jax.Array, probs: jax.Array, num_source: int, coeff: jax.Array
 ) -> jax.Array:
     """GVB-GD's ``L_trs = ½ Σ_i w_i · BCE(q_i, y_i)`` with ``w = exp(−H(p))`` per-domain
     normalised and reversed by ``coeff`` on H, BCE with ``+1e-8`` in the logs (§2.5).
 
-    ``d_out`` is ``σ(d − b)``: the discriminator output minus its bridge.
+    ``d_logits`` are ``d − b``: the discriminator output minus its bridge; the BCE is taken of
+    ``σ(d − b)`` with GVB's +1e-8, which keeps it finite.
     """
     weights = _entropy_weights(probs, num_source, coeff, offset=0.0)
-    labels = domain_labels(num_source, d_out.shape[0] - num_source, d_out.dtype)
-    return 0.5 * jnp.sum(weights * binary_cross_entropy(d_out, labels, eps=BCE_EPS))
+    labels = domain_labels(num_source, d_logits.shape[0] - num_source, d_logits.dtype)
+    d_probs = jax.nn.sigmoid(d_logits)
+    return 0.5 * jnp.sum(weights * binary_cross_entropy(d_probs, labels, eps=BCE_EPS))

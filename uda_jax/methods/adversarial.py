@@ -35,7 +35,7 @@ class Alignment:
       bridge: GVB's bridges on the head and the discriminator.
       input_width: discriminator input width from ``(feature_dim, num_classes)``.
       d_input: ``(features [2B, D], probs [2B, C]) -> [2B, width]``, before the reversal.
-      transfer_loss: ``(domain probs [2B], class probs [2B, C], num_source, entropy coeff)``
+      transfer_loss: ``(domain logits [2B], class probs [2B, C], num_source, entropy coeff)``
         → scalar.
     """
 
@@ -84,7 +84,7 @@ def alignment_terms(
     probs = jax.nn.softmax(logits)
     inputs = adv.gradient_reversal(alignment.d_input(features, probs), coeff(step + 1))
     d_logit, d_bridge = ctx.network.apply_discriminator(d_params, inputs, train=True, rng=rng)
-    transfer = alignment.transfer_loss(jax.nn.sigmoid(d_logit), probs, num_source, coeff(step))
+    transfer = alignment.transfer_loss(d_logit, probs, num_source, coeff(step))
     return {
         "trs": transfer,
         "gvbd": jnp.mean(jnp.abs(d_bridge)),

@@ -29,7 +29,7 @@ CDAN = adversarial.Alignment(
     bridge=False,
     input_width=_width,
     d_input=_conditioning,
-    transfer_loss=lambda d_probs, probs, num_source, coeff: adv.dann_loss(d_probs, num_source),
+    transfer_loss=lambda d_logits, probs, num_source, coeff: adv.dann_loss(d_logits, num_source),
 )
 CDAN_E = adversarial.Alignment(
     name="cdan_e",

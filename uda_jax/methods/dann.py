@@ -19,7 +19,7 @@ ALIGNMENT = adversarial.Alignment(
     bridge=False,
     input_width=lambda feature_dim, num_classes: feature_dim,
     d_input=lambda features, probs: features,
-    transfer_loss=lambda d_probs, probs, num_source, coeff: adv.dann_loss(d_probs, num_source),
+    transfer_loss=lambda d_logits, probs, num_source, coeff: adv.dann_loss(d_logits, num_source),
 )
 NETWORK = ALIGNMENT.network_kwargs()
 train_step = functools.partial(adversarial.train_step, alignment=ALIGNMENT)
