@@ -314,39 +314,49 @@ _CHOICES = {
 }
 
 
+_POSITIVE = (
+    "steps",
+    "log_every",
+    "data.batch_size",
+    "data.eval_batch_size",
+    "data.image_size",
+    "method.num_k",
+    "method.pseudo_interval",
+    "optimizer.learning_rate",
+    "metaalign.period",
+    "model.discriminator_hidden",
+)
+_NON_NEGATIVE = (
+    "eval_every",
+    "method.warmup_steps",
+    "model.bottleneck_dim",
+    "optimizer.weight_decay",
+    "metaalign.meta_lr",
+)
+
+
+def _value(config: Config, key: str) -> Any:
+    for part in key.split("."):
+        config = getattr(config, part)
+    return config
+
+
 def validate(config: Config) -> None:
     """Checks values that have the right type but are impossible (non-positive sizes, ...)."""
     for key, choices in _CHOICES.items():
-        section, name = key.split(".")
-        value = getattr(getattr(config, section), name)
-        if value not in choices:
-            raise UserError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
-    positive = {
-        "steps": config.steps,
-        "data.batch_size": config.data.batch_size,
-        "data.eval_batch_size": config.data.eval_batch_size,
-        "data.image_size": config.data.image_size,
-        "method.num_k": config.method.num_k,
-        "method.pseudo_interval": config.method.pseudo_interval,
-        "log_every": config.log_every,
-        "optimizer.learning_rate": config.optimizer.learning_rate,
-        "metaalign.period": config.metaalign.period,
-        "model.discriminator_hidden": config.model.discriminator_hidden,
-    }
-    for key, value in positive.items():
-        if value <= 0:
-            raise UserError(f"{key} must be positive, got {value}")
-    non_negative = {
-        "eval_every": config.eval_every,
-        "method.warmup_steps": config.method.warmup_steps,
-        "model.bottleneck_dim": config.model.bottleneck_dim,
-        "optimizer.weight_decay": config.optimizer.weight_decay,
-    }
-    for key, value in non_negative.items():
-        if value < 0:
-            raise UserError(f"{key} must be >= 0, got {value}")
-    if not 0.0 <= config.model.dropout < 1.0:
-        raise UserError(f"model.dropout must be in [0, 1), got {config.model.dropout}")
+        if _value(config, key) not in choices:
+            raise UserError(
+                f"{key} must be one of {', '.join(choices)}; got {_value(config, key)!r}"
+            )
+    for key in _POSITIVE:
+        if _value(config, key) <= 0:
+            raise UserError(f"{key} must be positive, got {_value(config, key)}")
+    for key in _NON_NEGATIVE:
+        if _value(config, key) < 0:
+            raise UserError(f"{key} must be >= 0, got {_value(config, key)}")
+    for key in ("model.dropout", "model.discriminator_dropout"):
+        if not 0.0 <= _value(config, key) < 1.0:
+            raise UserError(f"{key} must be in [0, 1), got {_value(config, key)}")
     if not 0.0 < config.model.bn_momentum <= 1.0:
         raise UserError(f"model.bn_momentum must be in (0, 1], got {config.model.bn_momentum}")
     if not config.model.classifier_widths or min(config.model.classifier_widths) <= 0:

@@ -24,6 +24,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from uda_jax.config import Config, dump_yaml, load_config
 from uda_jax.data.domains import DomainData, check_compatible, load_domain
@@ -35,6 +36,7 @@ from uda_jax.methods.base import StepContext, compile_loop_step
 from uda_jax.metrics import MetricsWriter, ProgressBar
 from uda_jax.models import build_network
 from uda_jax.optim import build_optimizers
+from uda_jax.parallel import check_batch_size, data_mesh, replicate, shard_batch
 from uda_jax.pseudo_labels import cluster_pseudo_labels
 from uda_jax.state import TrainState
 
@@ -176,13 +178,18 @@ def check_finite(step: int, metrics: dict[str, float]) -> None:
             )
 
 
-def run(config: Config, run_dir: Path) -> dict[str, Any]:
-    """Trains ``config`` and writes the run directory; returns the final results."""
+def run(config: Config, run_dir: Path, mesh: Mesh | None = None) -> dict[str, Any]:
+    """Trains ``config`` and writes the run directory; returns the final results.
+
+    ``mesh``: the devices to train on, data-parallel (default: all devices).
+    """
     experiment = build_experiment(config)
+    mesh = mesh if mesh is not None else data_mesh()
+    check_batch_size(config.data.batch_size, mesh)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(dump_yaml(config))
     start = time.perf_counter()
-    state = create_train_state(experiment)
+    state = replicate(create_train_state(experiment), mesh)
     step_fn = make_step_fn(experiment)
     predict_fn = make_predict_fn(experiment.ctx.network)
     stream = DomainPairStream(
@@ -199,7 +206,7 @@ def run(config: Config, run_dir: Path) -> dict[str, Any]:
                 with _Stopwatch(state) as watch:
                     state = refresh_pseudo_labels(experiment, state, predict_fn)
                 excluded += watch.seconds
-            state, metrics = step_fn(state, next(stream), step)
+            state, metrics = step_fn(state, shard_batch(next(stream), mesh), step)
             done = step + 1
             if done == min(COMPILING_STEPS, config.steps):  # time the steps after compilation
                 jax.block_until_ready(state.step)
@@ -220,7 +227,18 @@ def run(config: Config, run_dir: Path) -> dict[str, Any]:
     jax.block_until_ready(state.step)
     train_seconds = time.perf_counter() - train_start - excluded
     timed_steps = config.steps - min(COMPILING_STEPS, config.steps)
-    results = {
+    steps_per_s = timed_steps / train_seconds if timed_steps else None
+    results = final_results(config, eval_metrics, time.perf_counter() - start, steps_per_s)
+    _write_json_atomic(run_dir / "results.json", results)
+    (run_dir / "done").write_text("")
+    return results
+
+
+def final_results(
+    config: Config, eval_metrics: dict[str, float], wall_time_s: float, steps_per_s: float | None
+) -> dict[str, Any]:
+    """The ``results.json`` record: final-iterate accuracies, speed, and how it was run."""
+    return {
         "method": config.method.name,
         "source": config.data.source,
         "target": config.data.target,
@@ -233,16 +251,13 @@ def run(config: Config, run_dir: Path) -> dict[str, Any]:
             for k, v in eval_metrics.items()
             if "per_class/" in k
         },
-        "wall_time_s": time.perf_counter() - start,
-        "steps_per_s": timed_steps / train_seconds if timed_steps else None,
+        "wall_time_s": wall_time_s,
+        "steps_per_s": steps_per_s,
         "selection": "final iterate",
         "devices": [str(d) for d in jax.devices()],
         "versions": {"jax": jax.__version__, "python": sys.version.split()[0]},
         "command": " ".join(sys.argv),
     }
-    _write_json_atomic(run_dir / "results.json", results)
-    (run_dir / "done").write_text("")
-    return results
 
 
 class _Stopwatch:

@@ -47,14 +47,14 @@ def classifier_gradient_discrepancy(
     """``mean_P (1 − cos(g_s[P], g_t[P]))`` of one classifier, differentiable in ``features``.
 
     Args:
-      apply_classifier: ``params -> logits [2B, classes]`` on ``features`` (a fixed dropout key
-        and batch statistics over all rows), closed over ``features``.
+      apply_classifier: ``(params, features) -> logits [2B, classes]`` (a fixed dropout key and
+        batch statistics over all rows).
       params: the classifier's parameters.
       features: ``[2B, dim]``, source rows first.
       source_labels, target_labels: ``[B]`` labels and pseudo-labels.
     """
     num_source = source_labels.shape[0]
-    logits, vjp = jax.vjp(apply_classifier, params)
+    logits, vjp = jax.vjp(lambda p: apply_classifier(p, features), params)
     cot_s = jax.grad(lambda z: cross_entropy(z[:num_source], source_labels))(logits)
     cot_t = jax.grad(lambda z: weighted_cross_entropy(z[num_source:], target_labels))(logits)
     (grads_s,) = vjp(cot_s)
@@ -76,7 +76,7 @@ def gradient_discrepancy_loss(
     total = 0.0
     for name, key in zip(names, keys, strict=True):
 
-        def apply(params, key=key, name=name):
+        def apply(params, features, key=key, name=name):
             return ctx.network.apply_classifier(
                 params, state.batch_stats[name], features, train=True, rng=key
             )[0]

@@ -4,9 +4,10 @@ One task is meta-train, the other meta-test; with θ' = θ − α ⊙ ∇L_tr(θ
 
     min_θ  L_tr(θ) + L_te(θ')
 
-and its gradient is ``g_tr(θ) + (I − α H_tr(θ)) g_te(θ')``. ``metaalign.order: second``
-differentiates through the inner update (Hessian-vector products included); ``first`` detaches
-the inner gradient, as the official code does, giving ``g_tr(θ) + g_te(θ')``.
+and its gradient is ``g_tr(θ) + g_te(θ') − H_tr(θ)·(α ⊙ g_te(θ'))`` (α per leaf).
+``metaalign.order: second`` differentiates through the inner update (Hessian-vector products
+included); ``first`` detaches the inner gradient, as the official code does, giving
+``g_tr(θ) + g_te(θ')``.
 
 Roles (``metaalign.roles``): the official code alternates every ``period`` iterations between
 
