@@ -16,7 +16,7 @@ import numpy as np
 
 from uda_jax.config import load_config
 from uda_jax.data.pipeline import DomainPairStream
-from uda_jax.train import build_experiment, create_train_state, make_step_fn
+from uda_jax.experiment import build_experiment, create_train_state, make_step_fn
 
 ROOT = Path(__file__).resolve().parent.parent
 ENTRIES = [  # (label, config, overrides, baseline label for the ratio)

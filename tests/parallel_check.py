@@ -10,8 +10,8 @@ import numpy as np
 
 from uda_jax.config import load_config
 from uda_jax.data.pipeline import DomainPairStream
+from uda_jax.experiment import build_experiment, create_train_state, make_step_fn
 from uda_jax.parallel import data_mesh, replicate, shard_batch
-from uda_jax.train import build_experiment, create_train_state, make_step_fn
 
 
 def train(config, devices, steps):
