@@ -97,8 +97,8 @@ def train_step(
         num_source = batch["source_label"].shape[0]
         labels = target_pseudo_labels(state, batch)
         loss = sum(weighted_cross_entropy(z[num_source:], labels) for z in logits.values())
-        active = is_active(state, ctx).astype(loss.dtype)
-        return weights.pseudo_weight * active * loss, {"train/loss_pseudo": loss}
+        active = is_active(state, ctx).astype(loss.dtype)  # 0 before the first pseudo-labels
+        return weights.pseudo_weight * active * loss, {"train/loss_pseudo": active * loss}
 
     def gd_term(state, batch, features, f_key):
         loss = jax.lax.cond(
