@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import difflib
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -22,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from uda_jax.errors import UserError
+from uda_jax.errors import UserError, did_you_mean
 
 
 @dataclasses.dataclass(frozen=True)
@@ -298,8 +297,7 @@ def _coerce_scalar(hint: Any, value: Any, key: str) -> Any:
 
 
 def _unknown_key_message(key: str, where: str, valid: list[str]) -> str:
-    close = difflib.get_close_matches(key, valid, n=1)
-    hint = f" (did you mean '{where}{close[0]}'?)" if close else ""
+    hint = did_you_mean(key, valid, prefix=where)
     return f"unknown config key '{where}{key}'{hint}; valid keys here: {', '.join(valid)}"
 
 

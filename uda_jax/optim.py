@@ -16,7 +16,6 @@ several times per iteration still follows the iteration-based schedule of the re
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -26,7 +25,7 @@ import jax.numpy as jnp
 import optax
 
 from uda_jax.config import OptimizerConfig
-from uda_jax.errors import UserError
+from uda_jax.errors import UserError, did_you_mean
 
 PyTree = Any
 
@@ -114,10 +113,9 @@ def build_optimizers(
 def optimizer_fn(name: str) -> Callable[..., optax.GradientTransformation]:
     """The optax optimizer called ``name`` (e.g. ``sgd``, ``adamw``)."""
     if name not in OPTIMIZERS:
-        close = difflib.get_close_matches(name, list(OPTIMIZERS), n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise UserError(
-            f"unknown optimizer.name {name!r}{hint}; valid: {', '.join(sorted(OPTIMIZERS))}"
+            f"unknown optimizer.name {name!r}{did_you_mean(name, OPTIMIZERS)}; "
+            f"valid: {', '.join(sorted(OPTIMIZERS))}"
         )
     return OPTIMIZERS[name]
 
@@ -126,8 +124,7 @@ def _check_kwargs(name: str, fn: Callable, kwargs: dict[str, Any]) -> None:
     accepted = [p for p in inspect.signature(fn).parameters if p != "learning_rate"]
     for key in kwargs:
         if key not in accepted:
-            close = difflib.get_close_matches(key, accepted, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise UserError(
-                f"optax.{name} has no argument '{key}'{hint}; it takes: {', '.join(accepted)}"
+                f"optax.{name} has no argument '{key}'{did_you_mean(key, accepted)}; "
+                f"it takes: {', '.join(accepted)}"
             )

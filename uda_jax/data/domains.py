@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 from collections.abc import Callable
 
 import numpy as np
 
 from uda_jax.data import embedded
-from uda_jax.errors import UserError
+from uda_jax.errors import UserError, did_you_mean
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,8 +61,7 @@ def load_domain(
         that is empty, has labels outside ``[0, num_classes)`` or non-finite pixels.
     """
     if name not in DOMAINS:
-        close = difflib.get_close_matches(name, list(DOMAINS), n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        hint = did_you_mean(name, DOMAINS)
         raise UserError(f"unknown domain {name!r}{hint}; valid domains: {', '.join(DOMAINS)}")
     if isinstance(image_size, bool) or not isinstance(image_size, int | np.integer):
         raise UserError(f"data.image_size must be an integer, got {image_size!r}")

@@ -6,10 +6,9 @@ for the shared shape of a step.
 
 from __future__ import annotations
 
-import difflib
 from types import ModuleType
 
-from uda_jax.errors import UserError
+from uda_jax.errors import UserError, did_you_mean
 from uda_jax.methods import cdan, cdan_e, cgdm, dann, gvb, mcd, source_only
 
 METHODS: dict[str, ModuleType] = {
@@ -31,7 +30,6 @@ def supports_metaalign(name: str) -> bool:
 def get_method(name: str) -> ModuleType:
     """The method module called ``name``; a :class:`UserError` listing the valid ones if none."""
     if name not in METHODS:
-        close = difflib.get_close_matches(name, list(METHODS), n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        hint = did_you_mean(name, METHODS)
         raise UserError(f"unknown method.name {name!r}{hint}; valid: {', '.join(METHODS)}")
     return METHODS[name]

@@ -124,6 +124,19 @@ def train_step(
     return new_state, metrics_of(terms, alignment)
 
 
+def bind(alignment: Alignment):
+    """The public ``train_step(state, batch, rng, *, ctx)`` of the method of ``alignment``."""
+
+    def bound_train_step(
+        state: TrainState, batch: Batch, rng: jax.Array, *, ctx: StepContext
+    ) -> tuple[TrainState, Metrics]:
+        return train_step(state, batch, rng, ctx=ctx, alignment=alignment)
+
+    bound_train_step.__name__ = bound_train_step.__qualname__ = "train_step"
+    bound_train_step.__doc__ = f"One {alignment.name} iteration: see :func:`train_step`."
+    return bound_train_step
+
+
 def metrics_of(terms: Metrics, alignment: Alignment) -> Metrics:
     """The loss terms as ``train/loss_*`` metrics (bridge terms only for GVB)."""
     names = ("cls", "trs", "gvbg_all", "gvbd") if alignment.bridge else ("cls", "trs")

@@ -5,8 +5,6 @@ of the (detached) class probabilities and G's features; CDAN+E weights each exam
 
 from __future__ import annotations
 
-import functools
-
 import jax
 
 from uda_jax import adversarial as adv
@@ -40,5 +38,4 @@ CDAN_E = adversarial.Alignment(
 )
 ALIGNMENT = CDAN
 NETWORK = ALIGNMENT.network_kwargs()
-train_step = functools.partial(adversarial.train_step, alignment=ALIGNMENT)
-train_step.__doc__ = "One CDAN iteration: ``(state, batch, rng, *, ctx) -> (state, metrics)``."
+train_step = adversarial.bind(ALIGNMENT)

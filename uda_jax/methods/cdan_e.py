@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-
 from uda_jax.methods import adversarial
 from uda_jax.methods.cdan import CDAN_E
 
@@ -11,5 +9,4 @@ NUM_CLASSIFIERS = 1
 USES_PSEUDO_LABELS = False
 ALIGNMENT = CDAN_E
 NETWORK = ALIGNMENT.network_kwargs()
-train_step = functools.partial(adversarial.train_step, alignment=ALIGNMENT)
-train_step.__doc__ = "One CDAN+E iteration: ``(state, batch, rng, *, ctx) -> (state, metrics)``."
+train_step = adversarial.bind(ALIGNMENT)

@@ -6,8 +6,6 @@ minimisation with the reversal (``CDAN-GD/loss.py::DANN``, reference §2.5).
 
 from __future__ import annotations
 
-import functools
-
 from uda_jax import adversarial as adv
 from uda_jax.methods import adversarial
 
@@ -22,5 +20,4 @@ ALIGNMENT = adversarial.Alignment(
     transfer_loss=lambda d_logits, probs, num_source, coeff: adv.dann_loss(d_logits, num_source),
 )
 NETWORK = ALIGNMENT.network_kwargs()
-train_step = functools.partial(adversarial.train_step, alignment=ALIGNMENT)
-train_step.__doc__ = "One DANN iteration: ``(state, batch, rng, *, ctx) -> (state, metrics)``."
+train_step = adversarial.bind(ALIGNMENT)

@@ -8,8 +8,6 @@ entropy-weighted BCE; ``gvbg_weight · mean|z|`` and ``gvbd_weight · mean|b|`` 
 
 from __future__ import annotations
 
-import functools
-
 from uda_jax import adversarial as adv
 from uda_jax.methods import adversarial
 
@@ -24,5 +22,4 @@ ALIGNMENT = adversarial.Alignment(
     transfer_loss=adv.gvb_transfer_loss,
 )
 NETWORK = ALIGNMENT.network_kwargs()
-train_step = functools.partial(adversarial.train_step, alignment=ALIGNMENT)
-train_step.__doc__ = "One GVB-GD iteration: ``(state, batch, rng, *, ctx) -> (state, metrics)``."
+train_step = adversarial.bind(ALIGNMENT)
