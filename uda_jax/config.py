@@ -26,22 +26,37 @@ from uda_jax.errors import UserError, did_you_mean
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    """Which domains to adapt between and how batches are drawn."""
+    """Which domains to adapt between and how batches are drawn.
+
+    A domain is an embedded one (``mnist5k``, ``ucidigits``), a TFDS catalog dataset
+    (``tfds:mnist``, ``tfds:svhn_cropped``) or an image dataset on disk under ``root``
+    (``office31/amazon``, ``officehome/Art``, ``visda/train``, ``imageclef/i``,
+    ``domainnet/clipart``, ``list:PATH`` or ``folder:PATH``; see :mod:`uda_jax.data.benchmarks`).
+    """
 
     source: str = "mnist5k"
     target: str = "ucidigits"
+    root: str | None = None  # dataset root of image/TFDS domains; default: $UDA_DATA_DIR
     batch_size: int = 32  # per domain: each step sees batch_size source + batch_size target
-    image_size: int = 32
-    test_fraction: float = 0.2
+    image_size: int = 32  # embedded and TFDS digits domains
+    test_fraction: float = 0.2  # embedded domains: the held-out share of each class
     split_seed: int = 0
     eval_batch_size: int = 256
+    # image domains (reference §1.9, §2.8): Resize((resize, resize)) → crop → flip → ImageNet norm
+    resize: int = 256
+    crop_size: int = 224
+    train_crop: str = "random"  # random (ImageCLEF, MetaAlign) | center (CGDM VisDA, DomainNet)
+    eval_transform: str = "center"  # center: deterministic | train: the reference's random one
+    num_workers: int = 0  # grain worker processes decoding images (0: in the main process)
+    skip_unreadable: bool = False  # drop unreadable images (counted in the log) instead of failing
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Feature extractor G and classifier head(s) F (reference Part I §1.3)."""
 
-    backbone: str = "lenet"
+    backbone: str = "lenet"  # lenet | resnet50 | resnet101
+    pretrained: str | None = None  # ImageNet weights of the backbone (.pth or .safetensors)
     bottleneck_dim: int = 0  # 0: no bottleneck; the ResNet runs of the reference use 256
     train_bottleneck: bool = True  # the VisDA/DomainNet scripts leave it frozen (Pitfall 1)
     classifier_widths: tuple[int, ...] = (256, 256)
@@ -115,6 +130,15 @@ class OptimizerConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    """Orbax checkpoints in ``<run_dir>/checkpoints``: what a resumed run restarts from."""
+
+    every: int = 500  # save every this many steps; 0: only at the end and on SIGTERM/Ctrl-C
+    keep: int = 3  # how many of the latest checkpoints to keep
+    keep_best: bool = False  # also keep the best by target accuracy (oracle selection)
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     """A whole experiment. Defaults: the embedded CGDM demo, mnist5k → ucidigits."""
 
@@ -123,12 +147,17 @@ class Config:
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
     metaalign: MetaAlignConfig = dataclasses.field(default_factory=MetaAlignConfig)
+    checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     steps: int = 400
     seed: int = 0
     eval_every: int = 100  # 0: evaluate only at the end
     log_every: int = 25
-    run_dir: str | None = None  # default: runs/<method>_<source>-<target>_<time>
+    run_dir: str | None = None  # default: runs/<method>_<source>-<target>_<config hash>
     progress: bool = True
+    tensorboard: bool = True  # TensorBoard event files in <run_dir>/tensorboard
+    plots: bool = True  # PNG training curves and a t-SNE of the features at the end
+    precision: str = "float32"  # float32 | bf16: bf16 compute, float32 parameters and optimizer
+    distributed: bool = False  # join the other hosts through jax.distributed.initialize()
 
 
 # ----------------------------------------------------------------------------- loading
@@ -309,6 +338,9 @@ _CHOICES = {
     "optimizer.schedule": ("constant", "inv"),
     "metaalign.order": ("first", "second"),
     "metaalign.roles": ("alternate", "align_first", "cls_first"),
+    "precision": ("float32", "bf16"),
+    "data.train_crop": ("random", "center"),
+    "data.eval_transform": ("center", "train"),
 }
 
 
@@ -323,6 +355,9 @@ _POSITIVE = (
     "optimizer.learning_rate",
     "metaalign.period",
     "model.discriminator_hidden",
+    "checkpoint.keep",
+    "data.resize",
+    "data.crop_size",
 )
 _NON_NEGATIVE = (
     "eval_every",
@@ -330,6 +365,10 @@ _NON_NEGATIVE = (
     "model.bottleneck_dim",
     "optimizer.weight_decay",
     "metaalign.meta_lr",
+    "checkpoint.every",
+    "data.num_workers",
+    "seed",
+    "data.split_seed",
 )
 
 

@@ -1,4 +1,5 @@
-"""Where metrics go: a JSON-lines file in the run directory and a console progress bar."""
+"""Where metrics go: a JSON-lines file and TensorBoard event files in the run directory, and a
+console progress bar."""
 
 from __future__ import annotations
 
@@ -12,13 +13,24 @@ from tqdm import tqdm
 
 
 class MetricsWriter:
-    """Appends one JSON object per line: ``{"step": int, "<name>": float, ...}``.
+    """Appends one JSON object per line: ``{"step": int, "<name>": float, ...}``, and, with
+    ``tensorboard_dir``, the same scalars as TensorBoard events (tensorboardX).
 
     Non-finite values are written as strings ("nan", "inf") so every line stays valid JSON.
+    ``resume_step``: a resumed run's checkpoint step; TensorBoard drops the events after it,
+    which the resumed run writes again.
     """
 
-    def __init__(self, path: Path):
+    def __init__(
+        self, path: Path, tensorboard_dir: Path | None = None, resume_step: int | None = None
+    ):
         self._file = open(path, "a")  # noqa: SIM115 (closed in __exit__)
+        self._tensorboard = None
+        if tensorboard_dir is not None:
+            from tensorboardX import SummaryWriter
+
+            purge = None if resume_step is None else resume_step + 1
+            self._tensorboard = SummaryWriter(str(tensorboard_dir), purge_step=purge)
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
         """Writes and flushes one record."""
@@ -26,12 +38,18 @@ class MetricsWriter:
         record.update({k: v if math.isfinite(v) else str(v) for k, v in metrics.items()})
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
+        if self._tensorboard is not None:
+            for name, value in metrics.items():
+                self._tensorboard.add_scalar(name, value, step)
+            self._tensorboard.flush()
 
     def __enter__(self) -> MetricsWriter:
         return self
 
     def __exit__(self, kind: type | None, error: BaseException | None, tb: TracebackType | None):
         self._file.close()
+        if self._tensorboard is not None:
+            self._tensorboard.close()
 
 
 class ProgressBar:
@@ -39,9 +57,14 @@ class ProgressBar:
 
     _SHOWN = ("loss_cls", "disc_min", "loss_gd", "loss_ent")
 
-    def __init__(self, total: int, enabled: bool = True):
+    def __init__(self, total: int, enabled: bool = True, initial: int = 0):
         self._bar = tqdm(
-            total=total, disable=not enabled, file=sys.stderr, unit="step", dynamic_ncols=True
+            total=total,
+            initial=initial,
+            disable=not enabled,
+            file=sys.stderr,
+            unit="step",
+            dynamic_ncols=True,
         )
 
     def show(self, metrics: dict[str, float]) -> None:

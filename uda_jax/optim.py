@@ -101,6 +101,7 @@ def build_optimizers(
             kwargs.update(group_config.kwargs)
             lr_mult = group_config.lr_mult
         _check_kwargs(config.name, fn, kwargs)
+        _try_kwargs(config.name, fn, kwargs, group)
         transformation = optax.chain(
             optax.add_decayed_weights(config.weight_decay),
             optax.inject_hyperparams(fn)(learning_rate=config.learning_rate, **kwargs),
@@ -118,6 +119,19 @@ def optimizer_fn(name: str) -> Callable[..., optax.GradientTransformation]:
             f"valid: {', '.join(sorted(OPTIMIZERS))}"
         )
     return OPTIMIZERS[name]
+
+
+def _try_kwargs(name: str, fn: Callable, kwargs: dict[str, Any], group: str) -> None:
+    """One update of a 2-vector, so a keyword of the wrong type fails here with one line."""
+    try:
+        params = {"x": jnp.ones(2)}
+        transformation = fn(learning_rate=0.1, **kwargs)
+        transformation.update(params, transformation.init(params), params)
+    except (TypeError, ValueError, AttributeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(
+            f"optax.{name} rejects the keyword arguments {kwargs} of group '{group}': {first[:200]}"
+        ) from None
 
 
 def _check_kwargs(name: str, fn: Callable, kwargs: dict[str, Any]) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -24,14 +23,18 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from uda_jax.config import Config, dump_yaml, load_config
+from uda_jax.checkpoint import Checkpointer, Restored
+from uda_jax.config import Config, load_config
 from uda_jax.data.pipeline import DomainPairStream
 from uda_jax.errors import UserError
 from uda_jax.evaluation import classification_metrics, make_predict_fn, predict_dataset
 from uda_jax.experiment import Experiment, build_experiment, create_train_state, make_step_fn
+from uda_jax.interrupts import Interrupted, StopSignals
 from uda_jax.metrics import MetricsWriter, ProgressBar
 from uda_jax.parallel import check_batch_size, data_mesh, replicate, shard_batch
+from uda_jax.plots import TSNE_POINTS_PER_DOMAIN, plot_curves, plot_feature_tsne
 from uda_jax.pseudo_labels import cluster_pseudo_labels
+from uda_jax.run_dir import resolve_run_dir, truncate_metrics, write_atomic, write_config
 from uda_jax.state import TrainState
 
 COMPILING_STEPS = 2  # the first steps compile (MetaAlign: one function per role); not timed
@@ -88,36 +91,59 @@ def check_finite(step: int, metrics: dict[str, float]) -> None:
 
 
 def run(config: Config, run_dir: Path, mesh: Mesh | None = None) -> dict[str, Any]:
-    """Trains ``config`` and writes the run directory; returns the final results.
+    """Trains ``config`` in ``run_dir``, resuming from its latest checkpoint when there is one;
+    returns the final results.
 
     ``mesh``: the devices to train on, data-parallel (default: all devices).
+
+    Raises:
+      UserError: a config, data or checkpoint problem, found before anything is written.
+      TrainingError: a NaN or inf loss or parameter; the last good checkpoint stays.
+      Interrupted: SIGTERM or Ctrl-C; a checkpoint of the current step was saved first.
     """
     experiment = build_experiment(config)
     mesh = mesh if mesh is not None else data_mesh()
     check_batch_size(config.data.batch_size, mesh)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(dump_yaml(config))
     start = time.perf_counter()
     state = replicate(create_train_state(experiment), mesh)
-    step_fn = make_step_fn(experiment)
-    predict_fn = make_predict_fn(experiment.ctx.network)
     stream = DomainPairStream(
         experiment.source, experiment.target, config.data.batch_size, config.seed
     )
-    eval_metrics: dict[str, float] = {}
+    restored = _restore(config, run_dir, state)
+    start_step, eval_metrics = 0, {}
+    if restored is not None:
+        state, start_step, eval_metrics = restored.state, restored.step, restored.meta["eval"]
+        stream.set_state(restored.data_state)
+    write_config(run_dir, config)
+    truncate_metrics(run_dir / "metrics.jsonl", start_step)
+    step_fn = make_step_fn(experiment)
+    predict_fn = make_predict_fn(experiment.ctx.network)
+    compiled_at = min(start_step + COMPILING_STEPS, config.steps)
     train_start, excluded = None, 0.0  # seconds outside train steps (refresh, evaluation)
+    tensorboard_dir = run_dir / "tensorboard" if config.tensorboard else None
     with (
-        MetricsWriter(run_dir / "metrics.jsonl") as writer,
-        ProgressBar(config.steps, config.progress) as progress,
+        StopSignals() as signals,
+        Checkpointer(run_dir / "checkpoints", config.checkpoint) as checkpointer,
+        MetricsWriter(run_dir / "metrics.jsonl", tensorboard_dir, start_step) as writer,
+        ProgressBar(config.steps, config.progress, initial=start_step) as progress,
     ):
-        for step in range(config.steps):
+        if restored is not None:
+            progress.note(f"resumed from the checkpoint of step {start_step} in {run_dir}")
+
+        def save(done: int, metrics: dict[str, Any]) -> None:
+            check_finite(done, {k: float(v) for k, v in jax.device_get(metrics).items()})
+            if not bool(all_finite(state.params)):
+                raise TrainingError(f"step {done}: the parameters hold NaN or inf")
+            checkpointer.save(done, state, stream.get_state(), {"eval": eval_metrics})
+
+        for step in range(start_step, config.steps):
             if experiment.method.USES_PSEUDO_LABELS and pseudo_refresh_due(config, step):
                 with _Stopwatch(state) as watch:
                     state = refresh_pseudo_labels(experiment, state, predict_fn)
                 excluded += watch.seconds
             state, metrics = step_fn(state, shard_batch(next(stream), mesh), step)
             done = step + 1
-            if done == min(COMPILING_STEPS, config.steps):  # time the steps after compilation
+            if done == compiled_at:  # time the steps after compilation
                 jax.block_until_ready(state.step)
                 train_start, excluded = time.perf_counter(), 0.0
             if done % config.log_every == 0 or done == config.steps:
@@ -133,14 +159,71 @@ def run(config: Config, run_dir: Path, mesh: Mesh | None = None) -> dict[str, An
                 writer.write(done, eval_metrics)
                 accuracy = eval_metrics["eval/target_accuracy"]
                 progress.note(f"step {done}: target accuracy {accuracy:.4f}")
+            every = config.checkpoint.every
+            if done == config.steps or (every and done % every == 0) or signals.received:
+                with _Stopwatch(state) as watch:
+                    save(done, metrics)
+                excluded += watch.seconds
+            if signals.received and done < config.steps:
+                raise Interrupted(signals.received, done, run_dir)
     jax.block_until_ready(state.step)
-    train_seconds = time.perf_counter() - train_start - excluded
-    timed_steps = config.steps - min(COMPILING_STEPS, config.steps)
-    steps_per_s = timed_steps / train_seconds if timed_steps else None
+    timed_steps = config.steps - compiled_at
+    steps_per_s = None
+    if train_start is not None and timed_steps:
+        steps_per_s = timed_steps / (time.perf_counter() - train_start - excluded)
+    if not eval_metrics:  # resumed from the final checkpoint of an unfinished run
+        eval_metrics = evaluate_target(experiment, state, predict_fn)
     results = final_results(config, eval_metrics, time.perf_counter() - start, steps_per_s)
-    _write_json_atomic(run_dir / "results.json", results)
+    results["resumed_from_step"] = start_step or None
+    write_atomic(run_dir / "results.json", json.dumps(results, indent=2) + "\n")
+    if config.plots:
+        write_plots(experiment, state, predict_fn, run_dir)
     (run_dir / "done").write_text("")
     return results
+
+
+def _restore(config: Config, run_dir: Path, like: TrainState) -> Restored | None:
+    """The latest checkpoint of ``run_dir`` (None for a new run), read before anything is
+    written, so an unreadable checkpoint leaves the directory as it was."""
+    if not (run_dir / "checkpoints").is_dir():
+        return None
+    with Checkpointer(run_dir / "checkpoints", config.checkpoint) as checkpointer:
+        restored = checkpointer.restore_latest(like)
+    if restored is not None and restored.step > config.steps:
+        raise UserError(
+            f"run_dir {run_dir} has a checkpoint at step {restored.step}, past steps="
+            f"{config.steps}; raise steps or choose another run_dir"
+        )
+    return restored
+
+
+@jax.jit
+def all_finite(tree: Any) -> jax.Array:
+    """Whether every float in ``tree`` is finite (one device-side reduction)."""
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves))
+
+
+def write_plots(experiment: Experiment, state: TrainState, predict_fn, run_dir: Path) -> None:
+    """``curves.png`` from ``metrics.jsonl`` and ``features_tsne.png``: source vs target
+    features of the network at initialisation (before adaptation) and now (after)."""
+    plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
+    rng = np.random.default_rng(experiment.config.seed)
+    batch_size = experiment.config.data.eval_batch_size
+
+    def features(params, stats, domain):
+        rows = rng.permutation(len(domain.train_images))[:TSNE_POINTS_PER_DOMAIN]
+        return predict_dataset(predict_fn, params, stats, domain.train_images[rows], batch_size)[0]
+
+    initial = create_train_state(experiment)
+    before = tuple(
+        features(initial.params, initial.batch_stats, d)
+        for d in (experiment.source, experiment.target)
+    )
+    after = tuple(
+        features(state.params, state.batch_stats, d) for d in (experiment.source, experiment.target)
+    )
+    plot_feature_tsne(before, after, run_dir / "features_tsne.png", experiment.config.seed)
 
 
 def final_results(
@@ -184,28 +267,6 @@ class _Stopwatch:
         self.seconds = time.perf_counter() - self._start
 
 
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
-def default_run_dir(config: Config) -> Path:
-    """``runs/<method>_<source>-<target>_<YYYYmmdd-HHMMSS>``."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{config.method.name}_{config.data.source}-{config.data.target}_{stamp}"
-
-
-def resolve_run_dir(config: Config) -> Path:
-    """The run directory; a directory that already holds a run is refused, not overwritten."""
-    run_dir = Path(config.run_dir) if config.run_dir else default_run_dir(config)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"run_dir {run_dir} is a file; choose a directory path")
-    if (run_dir / "config.yaml").exists():
-        raise UserError(f"run_dir {run_dir} already holds a run; choose another run_dir")
-    return run_dir
-
-
 def parse_args(argv: Sequence[str]) -> tuple[str | None, list[str]]:
     """``(config path or None, overrides)`` from the command line."""
     if any(arg in ("-h", "--help") for arg in argv):
@@ -239,14 +300,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         path, overrides = parse_args(argv)
         config = load_config(path, overrides)
-        run_dir = resolve_run_dir(config)
+        run_dir, _ = resolve_run_dir(config)
         results = run(config, run_dir)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except TrainingError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {err}; the last good checkpoint is kept", file=sys.stderr)
         return 1
+    except Interrupted as err:
+        print(f"stopped: {err}", file=sys.stderr)
+        return err.exit_code
     print(summary_line(results, run_dir))
     return 0
 

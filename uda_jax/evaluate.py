@@ -1,0 +1,164 @@
+"""Command line: ``python -m uda_jax.evaluate RUN_DIR_OR_CHECKPOINT [key=value ...]``.
+
+Restores a run's checkpoint (the latest, or the one named by the path or ``step=``) and reports
+overall accuracy, mean class accuracy and the per-class table on a domain the config knows.
+
+Keys:
+  domain=NAME      the domain to evaluate (default: the run's target)
+  split=test       test (default) or train
+  step=N           the checkpoint step (default: the latest)
+  features=PATH    also write features, logits, predictions and labels to PATH (.npz)
+  json=true        print the metrics as one JSON object instead of a table
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from uda_jax.checkpoint import Checkpointer
+from uda_jax.config import load_config
+from uda_jax.data.domains import DomainData, check_compatible, load_domain
+from uda_jax.errors import UserError, did_you_mean
+from uda_jax.evaluation import classification_metrics, make_predict_fn, predict_dataset
+from uda_jax.experiment import build_experiment, create_train_state
+
+USAGE = "usage: python -m uda_jax.evaluate RUN_DIR_OR_CHECKPOINT [key=value ...]"
+KEYS = {"domain": str, "split": str, "step": int, "features": str, "json": bool}
+
+
+def parse_args(argv: Sequence[str]) -> tuple[Path, dict[str, Any]]:
+    """``(path, options)`` from the command line; every mistake is a :class:`UserError`."""
+    if any(arg in ("-h", "--help") for arg in argv):
+        raise SystemExit(print(__doc__.strip() + "\n\n" + USAGE) or 0)
+    if not argv or "=" in argv[0]:
+        raise UserError(f"give a run directory or a checkpoint; {USAGE}")
+    options: dict[str, Any] = {"split": "test", "json": False}
+    for arg in argv[1:]:
+        key, sep, text = arg.partition("=")
+        if not sep:
+            raise UserError(f"argument {arg!r} is not key=value; {USAGE}")
+        if key not in KEYS:
+            hint = did_you_mean(key, KEYS)
+            raise UserError(f"unknown key {key!r}{hint}; valid keys: {', '.join(KEYS)}")
+        value = yaml.safe_load(text) if text else ""
+        if KEYS[key] is str:
+            value = text
+        if not isinstance(value, KEYS[key]) or (KEYS[key] is int and isinstance(value, bool)):
+            raise UserError(f"{key} must be of type {KEYS[key].__name__}, got {text!r}")
+        options[key] = value
+    if options["split"] not in ("train", "test"):
+        raise UserError(f"split must be train or test, got {options['split']!r}")
+    return Path(argv[0]), options
+
+
+def locate(path: Path, step: int | None) -> tuple[Path, int | None]:
+    """``(run directory, checkpoint step or None for the latest)`` of a run directory or of a
+    checkpoint directory ``<run_dir>/checkpoints/<step>``."""
+    if not path.exists():
+        raise UserError(f"{path} does not exist; give a run directory or a checkpoint directory")
+    if path.name.isdigit() and path.parent.name == "checkpoints":
+        if step is not None and step != int(path.name):
+            raise UserError(f"step={step} contradicts the checkpoint {path}")
+        return path.parent.parent, int(path.name)
+    if not (path / "config.yaml").is_file():
+        raise UserError(f"{path} is not a run directory (it has no config.yaml)")
+    return path, step
+
+
+def _domain(experiment, name: str | None) -> DomainData:
+    if name is None or name == experiment.target.name:
+        return experiment.target
+    if name == experiment.source.name:
+        return experiment.source
+    data = experiment.config.data
+    domain = load_domain(
+        name,
+        image_size=data.image_size,
+        test_fraction=data.test_fraction,
+        split_seed=data.split_seed,
+    )
+    check_compatible(experiment.source, domain)
+    return domain
+
+
+def evaluate(path: Path, options: dict[str, Any]) -> dict[str, Any]:
+    """Restores the checkpoint and returns the metrics (and writes features when asked)."""
+    run_dir, step = locate(path, options.get("step"))
+    config = load_config(run_dir / "config.yaml")
+    experiment = build_experiment(config)
+    like = create_train_state(experiment)
+    checkpoints = run_dir / "checkpoints"
+    if not checkpoints.is_dir():
+        raise UserError(f"run {run_dir} has no checkpoints")
+    with Checkpointer(checkpoints, config.checkpoint) as checkpointer:
+        if step is None:
+            restored = checkpointer.restore_latest(like)
+            if restored is None:
+                raise UserError(f"run {run_dir} has no complete checkpoint")
+        else:
+            if step not in checkpointer.steps():
+                steps = ", ".join(map(str, checkpointer.steps())) or "none"
+                raise UserError(f"run {run_dir} has no checkpoint of step {step} (it has {steps})")
+            restored = checkpointer.restore(step, like)
+    domain = _domain(experiment, options.get("domain"))
+    split = options["split"]
+    images, labels = getattr(domain, f"{split}_images"), getattr(domain, f"{split}_labels")
+    predict_fn = make_predict_fn(experiment.ctx.network)
+    state = restored.state
+    features, logits = predict_dataset(
+        predict_fn, state.params, state.batch_stats, images, config.data.eval_batch_size
+    )
+    predictions = np.argmax(logits, axis=1)
+    metrics = classification_metrics(predictions, labels, domain.class_names)
+    if options.get("features"):
+        out = Path(options["features"])
+        if not out.parent.is_dir():
+            raise UserError(f"features={out}: the folder {out.parent} does not exist")
+        np.savez(out, features=features, logits=logits, predictions=predictions, labels=labels)
+    return {
+        "run_dir": str(run_dir),
+        "step": restored.step,
+        "domain": domain.name,
+        "split": split,
+        "num_examples": len(labels),
+        **metrics,
+    }
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The metrics as a small text table, per-class rows last."""
+    lines = [
+        f"{result['domain']} ({result['split']}, {result['num_examples']} images), "
+        f"checkpoint step {result['step']} of {result['run_dir']}",
+        f"  accuracy             {result['accuracy']:.4f}",
+        f"  mean class accuracy  {result['mean_class_accuracy']:.4f}",
+        "  per class:",
+    ]
+    for key, value in result.items():
+        if key.startswith("per_class/"):
+            lines.append(f"    {key.removeprefix('per_class/'):<20} {value:.4f}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code (2 for any user mistake)."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        path, options = parse_args(argv)
+        result = evaluate(path, options)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(result) if options["json"] else format_table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
