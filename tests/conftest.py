@@ -10,6 +10,11 @@ import tempfile
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # The embedded-data cache of the test session, never the user's (set before any fixture runs).
 os.environ["UDA_JAX_CACHE"] = tempfile.mkdtemp(prefix="uda_jax_test_cache_")
+# One persistent XLA compilation cache for the session and its subprocesses: the many tests that
+# build the same train steps compile each once (it cuts the suite's time by about half).
+os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="uda_jax_test_xla_cache_")
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
 import jax
 import pytest
