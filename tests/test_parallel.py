@@ -1,4 +1,5 @@
-"""Data parallelism: the same global batch on 1 and on 8 (CPU) devices gives the same training.
+"""Data parallelism: the same global batch on 1 and on 8 (CPU) devices gives the same training,
+for every method (source only, MCD, CGDM, DANN, CDAN, GVB with MetaAlign).
 
 Runs in subprocesses, since the device count is fixed when JAX starts
 (``XLA_FLAGS=--xla_force_host_platform_device_count=8``).
@@ -23,8 +24,11 @@ SMALL = ["data.batch_size=8", "model.classifier_widths=[32,32]", "model.discrimi
 @pytest.mark.parametrize(
     "config, overrides",
     [
+        ("digits_source_only", []),
+        ("digits_mcd", ["method.num_k=2"]),
         ("digits_cgdm", ["method.num_k=2", "method.warmup_steps=0"]),
         ("digits_dann", []),
+        ("digits_cdan", []),
         ("digits_gvb_metaalign", ["metaalign.order=second"]),
     ],
 )

@@ -24,9 +24,10 @@ import yaml
 
 from uda_jax.checkpoint import Checkpointer
 from uda_jax.config import load_config
-from uda_jax.data.domains import DomainData, check_compatible, load_domain
+from uda_jax.data.domains import check_compatible
+from uda_jax.data.sources import AnyDomain, domain_batches, load_data_domain, split_labels
 from uda_jax.errors import UserError, did_you_mean
-from uda_jax.evaluation import classification_metrics, make_predict_fn, predict_dataset
+from uda_jax.evaluation import classification_metrics, make_predict_fn, predict_batches
 from uda_jax.experiment import build_experiment, create_train_state
 
 USAGE = "usage: python -m uda_jax.evaluate RUN_DIR_OR_CHECKPOINT [key=value ...]"
@@ -72,18 +73,12 @@ def locate(path: Path, step: int | None) -> tuple[Path, int | None]:
     return path, step
 
 
-def _domain(experiment, name: str | None) -> DomainData:
+def _domain(experiment, name: str | None) -> AnyDomain:
     if name is None or name == experiment.target.name:
         return experiment.target
     if name == experiment.source.name:
         return experiment.source
-    data = experiment.config.data
-    domain = load_domain(
-        name,
-        image_size=data.image_size,
-        test_fraction=data.test_fraction,
-        split_seed=data.split_seed,
-    )
+    domain = load_data_domain(name, experiment.config.data)
     check_compatible(experiment.source, domain)
     return domain
 
@@ -109,12 +104,11 @@ def evaluate(path: Path, options: dict[str, Any]) -> dict[str, Any]:
             restored = checkpointer.restore(step, like)
     domain = _domain(experiment, options.get("domain"))
     split = options["split"]
-    images, labels = getattr(domain, f"{split}_images"), getattr(domain, f"{split}_labels")
+    labels = split_labels(domain, split)
     predict_fn = make_predict_fn(experiment.ctx.network)
     state = restored.state
-    features, logits = predict_dataset(
-        predict_fn, state.params, state.batch_stats, images, config.data.eval_batch_size
-    )
+    batches = domain_batches(domain, split, config.data)
+    features, logits = predict_batches(predict_fn, state.params, state.batch_stats, batches)
     predictions = np.argmax(logits, axis=1)
     metrics = classification_metrics(predictions, labels, domain.class_names)
     if options.get("features"):

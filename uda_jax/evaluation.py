@@ -7,6 +7,7 @@ Overall accuracy (Office, ImageCLEF, digits) and mean per-class accuracy (VisDA,
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 from typing import Any
 
 import jax
@@ -24,16 +25,24 @@ def make_predict_fn(network: Network):
     return jax.jit(functools.partial(predict, network))
 
 
-def predict_dataset(
-    predict_fn, params: PyTree, stats: PyTree, images: np.ndarray, batch_size: int
+def predict_batches(
+    predict_fn, params: PyTree, stats: PyTree, batches: Iterable[tuple[Any, Any, int]]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(features [N, dim], logits [N, classes])`` of a whole array, in fixed order."""
+    """``(features [N, dim], logits [N, classes])`` over ``(images, labels, num_valid)``
+    batches (padded rows dropped), in order."""
     features, logits = [], []
-    for batch, _, valid in eval_batches(images, None, batch_size):
+    for batch, _, valid in batches:
         f, z = predict_fn(params, stats, batch)
         features.append(np.asarray(f)[:valid])
         logits.append(np.asarray(z)[:valid])
     return np.concatenate(features), np.concatenate(logits)
+
+
+def predict_dataset(
+    predict_fn, params: PyTree, stats: PyTree, images: np.ndarray, batch_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`predict_batches` over a whole in-memory array, in fixed order."""
+    return predict_batches(predict_fn, params, stats, eval_batches(images, None, batch_size))
 
 
 def classification_metrics(

@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
+from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from uda_jax.config import Config
-from uda_jax.data.domains import DomainData, check_compatible, load_domain
+from uda_jax.data.domains import check_compatible
+from uda_jax.data.sources import AnyDomain, load_data_domain, num_examples
 from uda_jax.errors import UserError
 from uda_jax.methods import METHODS, get_method, metaalign, supports_metaalign
 from uda_jax.methods.base import StepContext, compile_loop_step
 from uda_jax.models import build_network
+from uda_jax.models.torch_weights import load_pretrained_backbone
 from uda_jax.optim import build_optimizers
 from uda_jax.state import TrainState
 
@@ -28,8 +32,8 @@ class Experiment:
     """Everything built from a config before the first step."""
 
     config: Config
-    source: DomainData
-    target: DomainData
+    source: AnyDomain
+    target: AnyDomain
     ctx: StepContext
     method: Any
 
@@ -38,17 +42,14 @@ def build_experiment(config: Config) -> Experiment:
     """Loads the domains and builds network, optimizers and method; all user errors happen here."""
     method = get_method(config.method.name)
     data = config.data
-    kwargs = dict(
-        image_size=data.image_size, test_fraction=data.test_fraction, split_seed=data.split_seed
-    )
-    source = load_domain(data.source, **kwargs)
-    target = load_domain(data.target, **kwargs)
+    source = load_data_domain(data.source, data)
+    target = load_data_domain(data.target, data)
     check_compatible(source, target)
     for domain in (source, target):
-        if data.batch_size > len(domain.train_labels):
+        if data.batch_size > num_examples(domain):
             raise UserError(
                 f"data.batch_size={data.batch_size} is larger than domain {domain.name!r} "
-                f"({len(domain.train_labels)} training images); lower data.batch_size"
+                f"({num_examples(domain)} training images); lower data.batch_size"
             )
     if config.metaalign.enabled and not supports_metaalign(config.method.name):
         valid = ", ".join(n for n in METHODS if supports_metaalign(n))
@@ -59,8 +60,10 @@ def build_experiment(config: Config) -> Experiment:
         config.model,
         source.num_classes,
         method.NUM_CLASSIFIERS,
+        dtype=jnp.bfloat16 if config.precision == "bf16" else jnp.float32,
         **getattr(method, "NETWORK", {}),
     )
+    pretrained_path(config)  # a missing weights file fails here, before anything runs
     params, _ = jax.eval_shape(lambda: network.init(jax.random.key(0), source.image_shape))
     masks = {group: network.frozen_mask(group, tree) for group, tree in params.items()}
     optimizers = build_optimizers(config.optimizer, masks)
@@ -69,14 +72,45 @@ def build_experiment(config: Config) -> Experiment:
     return Experiment(config, source, target, ctx, method)
 
 
+def pretrained_path(config: Config) -> Path | None:
+    """The backbone's ImageNet weights file (``model.pretrained``), or None.
+
+    A relative path is looked up in the working directory, then under the data root
+    (``data.root`` or ``$UDA_DATA_DIR``), so configs can name the torchvision file alone.
+
+    Raises:
+      UserError: the file is in neither place.
+    """
+    if not config.model.pretrained:
+        return None
+    path = Path(config.model.pretrained).expanduser()
+    candidates = [path]
+    root = config.data.root or os.environ.get("UDA_DATA_DIR")
+    if not path.is_absolute() and root:
+        candidates.append(Path(root).expanduser() / path)
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    tried = " or ".join(str(c) for c in candidates)
+    raise UserError(
+        f"model.pretrained: no weights file at {tried}; download the torchvision file "
+        "(see uda_jax/models/torch_weights.py) or set model.pretrained=PATH"
+    )
+
+
 def create_train_state(experiment: Experiment) -> TrainState:
-    """The initial state: fresh parameters and optimizer states, pseudo-labels all −1."""
+    """The initial state: fresh parameters (the backbone from ``model.pretrained`` when set)
+    and optimizer states, pseudo-labels all −1."""
     key = jax.random.key(experiment.config.seed)
     init_key, train_key = jax.random.split(key)
     network = experiment.ctx.network
     params, stats = network.init(init_key, experiment.source.image_shape)
+    weights = pretrained_path(experiment.config)
+    if weights is not None:
+        params, stats = load_pretrained_backbone(weights, params, stats)
+        params, stats = jax.tree.map(jnp.asarray, (params, stats))
     opt_state = {g: opt.init(params[g]) for g, opt in experiment.ctx.optimizers.items()}
-    num_target = len(experiment.target.train_labels)
+    num_target = num_examples(experiment.target)
     extras = metaalign.init_extras(params) if experiment.ctx.metaalign else {}
     return TrainState(
         step=jnp.zeros((), jnp.int32),

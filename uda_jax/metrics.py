@@ -22,9 +22,13 @@ class MetricsWriter:
     """
 
     def __init__(
-        self, path: Path, tensorboard_dir: Path | None = None, resume_step: int | None = None
+        self,
+        path: Path | None,
+        tensorboard_dir: Path | None = None,
+        resume_step: int | None = None,
     ):
-        self._file = open(path, "a")  # noqa: SIM115 (closed in __exit__)
+        """``path`` None discards the records (the non-main processes of a multi-host run)."""
+        self._file = open(path, "a") if path is not None else None  # noqa: SIM115
         self._tensorboard = None
         if tensorboard_dir is not None:
             from tensorboardX import SummaryWriter
@@ -36,8 +40,9 @@ class MetricsWriter:
         """Writes and flushes one record."""
         record = {"step": step}
         record.update({k: v if math.isfinite(v) else str(v) for k, v in metrics.items()})
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+        if self._file is not None:
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
         if self._tensorboard is not None:
             for name, value in metrics.items():
                 self._tensorboard.add_scalar(name, value, step)
@@ -47,7 +52,8 @@ class MetricsWriter:
         return self
 
     def __exit__(self, kind: type | None, error: BaseException | None, tb: TracebackType | None):
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
         if self._tensorboard is not None:
             self._tensorboard.close()
 

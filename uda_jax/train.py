@@ -10,6 +10,7 @@ Without arguments it trains CGDM on the embedded task mnist5k → ucidigits.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
@@ -26,12 +27,22 @@ from jax.sharding import Mesh
 from uda_jax.checkpoint import Checkpointer, Restored
 from uda_jax.config import Config, load_config
 from uda_jax.data.pipeline import DomainPairStream
+from uda_jax.data.sources import domain_batches, num_examples, pair_stream
 from uda_jax.errors import UserError
-from uda_jax.evaluation import classification_metrics, make_predict_fn, predict_dataset
+from uda_jax.evaluation import classification_metrics, make_predict_fn, predict_batches
 from uda_jax.experiment import Experiment, build_experiment, create_train_state, make_step_fn
 from uda_jax.interrupts import Interrupted, StopSignals
 from uda_jax.metrics import MetricsWriter, ProgressBar
-from uda_jax.parallel import check_batch_size, data_mesh, replicate, shard_batch
+from uda_jax.parallel import (
+    check_batch_size,
+    data_mesh,
+    host_peak_rss_bytes,
+    initialize_distributed,
+    peak_memory_bytes,
+    process_summary,
+    replicate,
+    shard_batch,
+)
 from uda_jax.plots import TSNE_POINTS_PER_DOMAIN, plot_curves, plot_feature_tsne
 from uda_jax.pseudo_labels import cluster_pseudo_labels
 from uda_jax.run_dir import resolve_run_dir, truncate_metrics, write_atomic, write_config
@@ -47,13 +58,8 @@ class TrainingError(Exception):
 
 def refresh_pseudo_labels(experiment: Experiment, state: TrainState, predict_fn) -> TrainState:
     """Eval-mode pass over the target training set, then CGDM's clustering (§1.7)."""
-    features, logits = predict_dataset(
-        predict_fn,
-        state.params,
-        state.batch_stats,
-        experiment.target.train_images,
-        experiment.config.data.eval_batch_size,
-    )
+    batches = domain_batches(experiment.target, "train", experiment.config.data)
+    features, logits = predict_batches(predict_fn, state.params, state.batch_stats, batches)
     labels = cluster_pseudo_labels(jnp.asarray(features), jax.nn.softmax(jnp.asarray(logits)))
     return state.replace(pseudo_labels=labels)
 
@@ -61,13 +67,8 @@ def refresh_pseudo_labels(experiment: Experiment, state: TrainState, predict_fn)
 def evaluate_target(experiment: Experiment, state: TrainState, predict_fn) -> dict[str, float]:
     """Accuracy metrics on the target test split, keys ``eval/...``."""
     target = experiment.target
-    _, logits = predict_dataset(
-        predict_fn,
-        state.params,
-        state.batch_stats,
-        target.test_images,
-        experiment.config.data.eval_batch_size,
-    )
+    batches = domain_batches(target, "test", experiment.config.data)
+    _, logits = predict_batches(predict_fn, state.params, state.batch_stats, batches)
     metrics = classification_metrics(
         np.argmax(logits, axis=1), target.test_labels, target.class_names
     )
@@ -106,26 +107,36 @@ def run(config: Config, run_dir: Path, mesh: Mesh | None = None) -> dict[str, An
     check_batch_size(config.data.batch_size, mesh)
     start = time.perf_counter()
     state = replicate(create_train_state(experiment), mesh)
-    stream = DomainPairStream(
-        experiment.source, experiment.target, config.data.batch_size, config.seed
+    is_main = jax.process_index() == 0  # one process writes the run directory
+    stream = pair_stream(
+        experiment.source,
+        experiment.target,
+        config.data,
+        config.seed,
+        jax.process_index(),
+        jax.process_count(),
     )
+    process_local = not isinstance(stream, DomainPairStream)  # image streams load their rows
     restored = _restore(config, run_dir, state)
     start_step, eval_metrics = 0, {}
     if restored is not None:
         state, start_step, eval_metrics = restored.state, restored.step, restored.meta["eval"]
         stream.set_state(restored.data_state)
-    write_config(run_dir, config)
-    truncate_metrics(run_dir / "metrics.jsonl", start_step)
+    if is_main:
+        write_config(run_dir, config)
+        truncate_metrics(run_dir / "metrics.jsonl", start_step)
     step_fn = make_step_fn(experiment)
     predict_fn = make_predict_fn(experiment.ctx.network)
     compiled_at = min(start_step + COMPILING_STEPS, config.steps)
     train_start, excluded = None, 0.0  # seconds outside train steps (refresh, evaluation)
-    tensorboard_dir = run_dir / "tensorboard" if config.tensorboard else None
+    tensorboard_dir = run_dir / "tensorboard" if config.tensorboard and is_main else None
+    metrics_path = run_dir / "metrics.jsonl" if is_main else None
     with (
+        contextlib.closing(stream),
         StopSignals() as signals,
         Checkpointer(run_dir / "checkpoints", config.checkpoint) as checkpointer,
-        MetricsWriter(run_dir / "metrics.jsonl", tensorboard_dir, start_step) as writer,
-        ProgressBar(config.steps, config.progress, initial=start_step) as progress,
+        MetricsWriter(metrics_path, tensorboard_dir, start_step) as writer,
+        ProgressBar(config.steps, config.progress and is_main, initial=start_step) as progress,
     ):
         if restored is not None:
             progress.note(f"resumed from the checkpoint of step {start_step} in {run_dir}")
@@ -141,7 +152,8 @@ def run(config: Config, run_dir: Path, mesh: Mesh | None = None) -> dict[str, An
                 with _Stopwatch(state) as watch:
                     state = refresh_pseudo_labels(experiment, state, predict_fn)
                 excluded += watch.seconds
-            state, metrics = step_fn(state, shard_batch(next(stream), mesh), step)
+            batch = shard_batch(next(stream), mesh, process_local=process_local)
+            state, metrics = step_fn(state, batch, step)
             done = step + 1
             if done == compiled_at:  # time the steps after compilation
                 jax.block_until_ready(state.step)
@@ -175,10 +187,12 @@ def run(config: Config, run_dir: Path, mesh: Mesh | None = None) -> dict[str, An
         eval_metrics = evaluate_target(experiment, state, predict_fn)
     results = final_results(config, eval_metrics, time.perf_counter() - start, steps_per_s)
     results["resumed_from_step"] = start_step or None
-    write_atomic(run_dir / "results.json", json.dumps(results, indent=2) + "\n")
-    if config.plots:
-        write_plots(experiment, state, predict_fn, run_dir)
-    (run_dir / "done").write_text("")
+    if is_main:
+        write_atomic(run_dir / "results.json", json.dumps(results, indent=2) + "\n")
+    if config.plots:  # every process computes features (collectives); the main one draws
+        write_plots(experiment, state, predict_fn, run_dir if is_main else None)
+    if is_main:
+        (run_dir / "done").write_text("")
     return results
 
 
@@ -204,26 +218,29 @@ def all_finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.stack(leaves))
 
 
-def write_plots(experiment: Experiment, state: TrainState, predict_fn, run_dir: Path) -> None:
+def write_plots(
+    experiment: Experiment, state: TrainState, predict_fn, run_dir: Path | None
+) -> None:
     """``curves.png`` from ``metrics.jsonl`` and ``features_tsne.png``: source vs target
-    features of the network at initialisation (before adaptation) and now (after)."""
-    plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
+    features of the network at initialisation (before adaptation) and now (after).
+    ``run_dir`` None: compute the features only (the other processes of a multi-host run)."""
     rng = np.random.default_rng(experiment.config.seed)
-    batch_size = experiment.config.data.eval_batch_size
+    data = experiment.config.data
+    domains = (experiment.source, experiment.target)
+    rows = [np.sort(rng.permutation(num_examples(d))[:TSNE_POINTS_PER_DOMAIN]) for d in domains]
 
-    def features(params, stats, domain):
-        rows = rng.permutation(len(domain.train_images))[:TSNE_POINTS_PER_DOMAIN]
-        return predict_dataset(predict_fn, params, stats, domain.train_images[rows], batch_size)[0]
+    def features(state: TrainState) -> tuple[np.ndarray, ...]:
+        return tuple(
+            predict_batches(
+                predict_fn, state.params, state.batch_stats, domain_batches(d, "train", data, r)
+            )[0]
+            for d, r in zip(domains, rows, strict=True)
+        )
 
-    initial = create_train_state(experiment)
-    before = tuple(
-        features(initial.params, initial.batch_stats, d)
-        for d in (experiment.source, experiment.target)
-    )
-    after = tuple(
-        features(state.params, state.batch_stats, d) for d in (experiment.source, experiment.target)
-    )
-    plot_feature_tsne(before, after, run_dir / "features_tsne.png", experiment.config.seed)
+    before, after = features(create_train_state(experiment)), features(state)
+    if run_dir is not None:
+        plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
+        plot_feature_tsne(before, after, run_dir / "features_tsne.png", experiment.config.seed)
 
 
 def final_results(
@@ -245,6 +262,12 @@ def final_results(
         },
         "wall_time_s": wall_time_s,
         "steps_per_s": steps_per_s,
+        # each step reads batch_size source and batch_size target images
+        "images_per_s": None if steps_per_s is None else steps_per_s * 2 * config.data.batch_size,
+        "peak_device_memory_bytes": peak_memory_bytes(),
+        "peak_host_memory_bytes": host_peak_rss_bytes(),
+        "precision": config.precision,
+        "processes": process_summary(),
         "selection": "final iterate",
         "devices": [str(d) for d in jax.devices()],
         "versions": {"jax": jax.__version__, "python": sys.version.split()[0]},
@@ -284,7 +307,12 @@ def parse_args(argv: Sequence[str]) -> tuple[str | None, list[str]]:
 def summary_line(results: dict[str, Any], run_dir: Path) -> str:
     """The closing summary printed after training."""
     steps_per_s = results["steps_per_s"]
-    speed = f"{steps_per_s:.1f} steps/s" if steps_per_s else "n/a"
+    speed = "n/a"
+    if steps_per_s:
+        speed = f"{steps_per_s:.1f} steps/s, {results['images_per_s']:.0f} images/s"
+    peak = results["peak_device_memory_bytes"] or results["peak_host_memory_bytes"]
+    where = "device" if results["peak_device_memory_bytes"] else "host"
+    speed += f", peak {where} memory {peak / 2**20:.0f} MiB"
     return (
         f"{results['method']} {results['source']} → {results['target']}: "
         f"target accuracy {results['target_accuracy']:.4f}, "
@@ -300,6 +328,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         path, overrides = parse_args(argv)
         config = load_config(path, overrides)
+        if config.distributed:
+            initialize_distributed()
         run_dir, _ = resolve_run_dir(config)
         results = run(config, run_dir)
     except UserError as err:

@@ -59,7 +59,7 @@ def _cpu_device() -> contextlib.AbstractContextManager:
     """Resize on the CPU when it is available: the cached arrays then do not depend on the
     accelerator that happened to build them, and the images never take accelerator memory."""
     try:
-        return jax.default_device(jax.devices("cpu")[0])
+        return jax.default_device(jax.local_devices(backend="cpu")[0])
     except RuntimeError:  # JAX_PLATFORMS excludes the CPU
         return contextlib.nullcontext()
 

@@ -111,6 +111,9 @@ class DomainPairStream:
             "target_index": t,
         }
 
+    def close(self) -> None:
+        """Nothing to release (the interface of the image streams, which have workers)."""
+
     def get_state(self) -> dict[str, dict[str, int]]:
         """Both streams' positions."""
         return {"source": self.source_stream.get_state(), "target": self.target_stream.get_state()}

@@ -3,6 +3,9 @@
 :func:`build_network` turns the model config into a :class:`Network` whose ``init`` returns
 ``params`` and ``batch_stats`` grouped by module (``g`` the feature extractor, ``f1``/``f2`` the
 classifiers, or ``f`` for one classifier) and whose ``apply_*`` functions are pure.
+
+``dtype`` is the compute dtype (``bfloat16`` for mixed precision): parameters, BatchNorm
+statistics and every output the methods see (features, logits, domain logits) stay float32.
 """
 
 from __future__ import annotations
@@ -19,10 +22,16 @@ from uda_jax.config import ModelConfig
 from uda_jax.errors import UserError
 from uda_jax.models.digits import LeNetEncoder
 from uda_jax.models.heads import Bottleneck, BridgedClassifier, Classifier, Discriminator
+from uda_jax.models.layers import full_precision
+from uda_jax.models.resnet import make_resnet
 
 PyTree = Any
 
-BACKBONES: dict[str, Callable[..., nn.Module]] = {"lenet": LeNetEncoder}
+# name → constructor taking (bn_momentum, bn_epsilon, unbiased_running_var, dtype, name)
+BACKBONES: dict[str, Callable[..., nn.Module]] = {
+    "lenet": LeNetEncoder,
+    **{f"resnet{depth}": make_resnet(depth) for depth in (18, 34, 50, 101, 152)},
+}
 
 
 class Generator(nn.Module):
@@ -31,13 +40,15 @@ class Generator(nn.Module):
     backbone: str
     bottleneck_dim: int
     bn_kwargs: dict
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        x = BACKBONES[self.backbone](**self.bn_kwargs, name="backbone")(x, train=train)
+        backbone = BACKBONES[self.backbone](**self.bn_kwargs, dtype=self.dtype, name="backbone")
+        x = backbone(x, train=train)
         if self.bottleneck_dim:
-            x = Bottleneck(self.bottleneck_dim, name="bottleneck")(x)
-        return x
+            x = Bottleneck(self.bottleneck_dim, dtype=self.dtype, name="bottleneck")(x)
+        return full_precision(x)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +130,7 @@ def build_network(
     head: str = "mlp",
     bridge: bool = False,
     discriminator_input: Callable[[int, int], int] | None = None,
+    dtype: Any = jnp.float32,
 ) -> Network:
     """The network of ``config``.
 
@@ -128,6 +140,7 @@ def build_network(
       bridge: GVB's bridges on the linear head and the discriminator.
       discriminator_input: for the adversarial methods, the discriminator's input width as a
         function of ``(feature_dim, num_classes)``; None for no discriminator.
+      dtype: compute dtype, ``jnp.float32`` or ``jnp.bfloat16`` (parameters stay float32).
     """
     if config.backbone not in BACKBONES:
         raise UserError(
@@ -144,17 +157,18 @@ def build_network(
             widths=tuple(config.classifier_widths),
             dropout=config.dropout,
             init_scheme=config.classifier_init,
+            dtype=dtype,
             **bn_kwargs,
         )
     else:
-        classifier = BridgedClassifier(num_classes=num_classes, bridge=bridge)
+        classifier = BridgedClassifier(num_classes=num_classes, bridge=bridge, dtype=dtype)
     discriminator = None
     if discriminator_input is not None:
         discriminator = Discriminator(
-            config.discriminator_hidden, config.discriminator_dropout, bridge
+            config.discriminator_hidden, config.discriminator_dropout, bridge, dtype=dtype
         )
     names = ("f",) if num_classifiers == 1 else tuple(f"f{i + 1}" for i in range(num_classifiers))
-    generator = Generator(config.backbone, config.bottleneck_dim, bn_kwargs)
+    generator = Generator(config.backbone, config.bottleneck_dim, bn_kwargs, dtype)
     return Network(
         generator,
         classifier,

@@ -3,15 +3,18 @@
 ``LeNetEncoder``: channel mean → conv 5×5 (32) → BN → ReLU → max-pool 2 → conv 5×5 (48) → BN →
 ReLU → max-pool 2 → flatten, 48·5·5 = 1200 features for a 32×32 input. The flatten is
 channel-major (PyTorch's NCHW order) so weights import from the PyTorch model unchanged.
+``dtype`` is the compute dtype of the convolutions (parameters stay float32).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from uda_jax.models.layers import BatchNorm, torch_bias_init, torch_uniform_init
+from uda_jax.models.layers import BatchNorm, compute_dtype, torch_bias_init, torch_uniform_init
 
 
 class LeNetEncoder(nn.Module):
@@ -20,6 +23,7 @@ class LeNetEncoder(nn.Module):
     bn_momentum: float = 0.1
     bn_epsilon: float = 1e-5
     unbiased_running_var: bool = True
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -32,6 +36,8 @@ class LeNetEncoder(nn.Module):
                 padding="VALID",
                 kernel_init=torch_uniform_init((0, 1, 2)),
                 bias_init=torch_bias_init(fan_in),
+                dtype=compute_dtype(self.dtype),
+                param_dtype=jnp.float32,
                 name=f"conv{index}",
             )(x)
             x = BatchNorm(

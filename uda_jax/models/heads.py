@@ -1,26 +1,41 @@
-"""Heads on top of a backbone: the bottleneck and CGDM's classifier (reference Part I §1.3)."""
+"""Heads on top of a backbone: the bottleneck and CGDM's classifier (reference Part I §1.3).
+
+Each head's ``dtype`` is the compute dtype of its matrix products (``bfloat16`` for
+``precision: bf16``); parameters, biases, BatchNorm and every output are float32 (see
+:class:`uda_jax.models.layers.Dense`).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import jax
+import jax.numpy as jnp
 from flax import linen as nn
 
-from uda_jax.models.layers import BatchNorm, normal_init, torch_bias_init, torch_uniform_init
+from uda_jax.models.layers import (
+    BatchNorm,
+    Dense,
+    normal_init,
+    torch_bias_init,
+    torch_uniform_init,
+)
 
 
 class Bottleneck(nn.Module):
     """Linear(in → dim), init N(0, 0.005²) and bias 0.1, no activation (``ResBottle``, §1.3.1)."""
 
     features: int
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        return nn.Dense(
+        return Dense(
             self.features,
             kernel_init=normal_init(0.0, 0.005),
             bias_init=nn.initializers.constant(0.1),
+            dtype=self.dtype,
             name="fc",
         )(x)
 
@@ -48,6 +63,7 @@ class Classifier(nn.Module):
     bn_momentum: float = 0.1
     bn_epsilon: float = 1e-5
     unbiased_running_var: bool = True
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -56,7 +72,13 @@ class Classifier(nn.Module):
         for index, width in enumerate(self.widths):
             x = nn.Dropout(self.dropout, deterministic=not train)(x)
             kernel_init, bias_init = _dense_inits(self.init_scheme, x.shape[-1])
-            x = nn.Dense(width, kernel_init=kernel_init, bias_init=bias_init, name=f"fc{index}")(x)
+            x = Dense(
+                width,
+                kernel_init=kernel_init,
+                bias_init=bias_init,
+                dtype=self.dtype,
+                name=f"fc{index}",
+            )(x)
             x = BatchNorm(
                 self.bn_momentum,
                 self.bn_epsilon,
@@ -66,9 +88,13 @@ class Classifier(nn.Module):
             )(x, train=train)
             x = nn.relu(x)
         kernel_init, bias_init = _dense_inits(self.init_scheme, x.shape[-1])
-        return nn.Dense(self.num_classes, kernel_init=kernel_init, bias_init=bias_init, name="out")(
-            x
-        )
+        return Dense(
+            self.num_classes,
+            kernel_init=kernel_init,
+            bias_init=bias_init,
+            dtype=self.dtype,
+            name="out",
+        )(x)
 
 
 class BridgedClassifier(nn.Module):
@@ -82,19 +108,21 @@ class BridgedClassifier(nn.Module):
 
     num_classes: int
     bridge: bool = False
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> tuple[jax.Array, jax.Array]:
         del train
-        dense = lambda name: nn.Dense(
+        dense = lambda name: Dense(
             self.num_classes,
             kernel_init=normal_init(0.0, 0.01),
             bias_init=nn.initializers.zeros,
+            dtype=self.dtype,
             name=name,
         )
         y = dense("fc")(x)
         if not self.bridge:
-            return y, jax.numpy.zeros_like(y)
+            return y, jnp.zeros_like(y)
         z = dense("gvbg")(x)
         return y - z, z
 
@@ -110,13 +138,15 @@ class Discriminator(nn.Module):
     hidden: int = 1024
     dropout: float = 0.5
     bridge: bool = False
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> tuple[jax.Array, jax.Array]:
-        dense = lambda width, name: nn.Dense(
+        dense = lambda width, name: Dense(
             width,
             kernel_init=nn.initializers.xavier_normal(),
             bias_init=nn.initializers.zeros,
+            dtype=self.dtype,
             name=name,
         )
         for index in (1, 2):
@@ -124,6 +154,6 @@ class Discriminator(nn.Module):
             x = nn.Dropout(self.dropout, deterministic=not train)(x)
         d = dense(1, "ad_layer3")(x)[:, 0]
         if not self.bridge:
-            return d, jax.numpy.zeros_like(d)
+            return d, jnp.zeros_like(d)
         b = dense(1, "gvbd")(x)[:, 0]
         return d - b, b

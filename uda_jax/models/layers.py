@@ -6,10 +6,25 @@ References: reference Part VII §1 (BatchNorm running variance) and §6 (weight 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
+
+LOW_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+
+
+def compute_dtype(dtype: Any) -> Any:
+    """The dtype a layer casts its inputs and weights to: ``dtype`` when it is a low precision
+    (bfloat16), else None, meaning "as given", so float32 runs stay exactly as they were and
+    float64 tests keep float64."""
+    return dtype if dtype is not None and jnp.dtype(dtype) in LOW_PRECISION else None
+
+
+def full_precision(x: jax.Array) -> jax.Array:
+    """``x`` in float32 if it is in a low precision, else unchanged (float32/float64)."""
+    return x.astype(jnp.float32) if x.dtype in LOW_PRECISION else x
 
 
 def torch_uniform_init(fan_in_axes: tuple[int, ...]) -> nn.initializers.Initializer:
@@ -53,7 +68,9 @@ class BatchNorm(nn.Module):
     ``running ← (1 − momentum)·running + momentum·batch``; with ``unbiased_running_var`` the
     variance that enters the running average is the unbiased one (n/(n−1)), as
     ``torch.nn.BatchNorm*d`` does (reference Part VII §1). Eval mode uses the running statistics.
-    The variance is computed in two passes, (x − mean)², for accuracy.
+    The variance is computed in two passes, (x − mean)², for accuracy. A bfloat16 input is
+    normalised in float32 (statistics and running averages stay float32) and the output is cast
+    back to bfloat16.
 
     Attributes:
       momentum: PyTorch's momentum (0.1 by default; flax's ``momentum`` is 1 minus this).
@@ -70,6 +87,8 @@ class BatchNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        in_dtype = x.dtype
+        x = full_precision(x)
         features = x.shape[-1]
         shape = (1,) * (x.ndim - 1) + (features,)  # explicit broadcasting over the batch axes
         scale = self.param("scale", self.scale_init, (features,), jnp.float32)
@@ -91,4 +110,33 @@ class BatchNorm(nn.Module):
         else:
             mean, var = running_mean.value, running_var.value
         inv = jax.lax.rsqrt(var + self.epsilon) * scale
-        return (x - mean.reshape(shape)) * inv.reshape(shape) + bias.reshape(shape)
+        out = (x - mean.reshape(shape)) * inv.reshape(shape) + bias.reshape(shape)
+        return out.astype(in_dtype)
+
+
+class Dense(nn.Module):
+    """``x @ kernel + bias`` (flax's ``nn.Dense`` parameters: kernel ``[in, out]``, bias).
+
+    With a bfloat16 ``dtype`` the product runs in bfloat16 and accumulates in float32; the bias
+    is added and the result returned in float32. So a bias that feeds a BatchNorm gets its
+    analytically zero gradient to float32 round-off, not bfloat16's, which keeps CGDM's cosines
+    of those gradients (reference Part VII §2) quiet in bfloat16 too. With float32 it is
+    ``nn.Dense``.
+    """
+
+    features: int
+    kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
+    bias_init: nn.initializers.Initializer = nn.initializers.zeros
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), jnp.float32)
+        bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
+        low = compute_dtype(self.dtype)
+        if low is None:
+            x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias)
+            y = jnp.matmul(x, kernel)
+        else:
+            y = jnp.matmul(x.astype(low), kernel.astype(low), preferred_element_type=jnp.float32)
+        return y + bias.reshape((1,) * (y.ndim - 1) + (self.features,))

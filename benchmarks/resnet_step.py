@@ -1,0 +1,162 @@
+"""Median time of a ResNet-50 training step (forward + backward + SGD update, BatchNorm in train
+mode), compilation excluded; optionally CGDM's whole iteration with a ResNet-50 G.
+
+    python benchmarks/resnet_step.py --batch 8 --size 224 --iterations 5 \
+        [--dtypes float32 bfloat16] [--cgdm] [--out benchmarks/results/resnet_step.md]
+
+Variables are filled with numpy (kaiming-scaled) instead of ``init``, whose 161 random
+initialisers take ~35 s to compile on a 2-core CPU; the timing does not depend on the values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from uda_jax.models.resnet import ResNet
+
+
+def fill(reference, seed: int = 0):
+    """Plausible variables shaped like ``reference``: kernels N(0, 2/fan_in), γ = 1, β = 0."""
+    rng = np.random.default_rng(seed)
+
+    def leaf(path, s):
+        name = path[-1].key
+        if name == "kernel":
+            std = np.sqrt(2.0 / np.prod(s.shape[:-1]))
+            return (std * rng.normal(size=s.shape)).astype(np.float32)
+        if name in ("scale", "var"):
+            return np.ones(s.shape, np.float32)
+        return np.zeros(s.shape, np.float32)
+
+    return jax.tree_util.tree_map_with_path(leaf, reference)
+
+
+def time_calls(fn, args, iterations: int) -> tuple[float, float]:
+    """(first call seconds, median of the next ``iterations`` calls)."""
+    start = time.perf_counter()
+    out = jax.block_until_ready(fn(*args))
+    first = time.perf_counter() - start
+    times = []
+    for _ in range(iterations):
+        start = time.perf_counter()
+        out = jax.block_until_ready(fn(*out[:1], *args[1:]))
+        times.append(time.perf_counter() - start)
+    return first, float(np.median(times))
+
+
+def resnet_step_seconds(dtype, batch: int, size: int, iterations: int) -> tuple[float, float]:
+    """ResNet-50 + a 1000-way linear head, cross-entropy, plain SGD on every parameter."""
+    model = ResNet(depth=50, dtype=dtype)
+    images = jnp.asarray(np.random.default_rng(0).normal(size=(batch, size, size, 3)), jnp.float32)
+    labels = jnp.arange(batch, dtype=jnp.int32) % 1000
+    reference = jax.eval_shape(lambda: model.init(jax.random.key(0), images[:1], train=False))
+    variables = fill(reference)
+    head = jnp.zeros((2048, 1000), jnp.float32)
+
+    @jax.jit
+    def step(state, images, labels):
+        params, stats, head = state
+
+        def loss_fn(params, head):
+            variables = {"params": params, "batch_stats": stats}
+            features, updates = model.apply(variables, images, train=True, mutable=["batch_stats"])
+            logits = features @ head
+            picked = jnp.take_along_axis(logits, labels[:, None], axis=1)[:, 0]
+            return jnp.mean(jax.nn.logsumexp(logits, axis=1) - picked), updates["batch_stats"]
+
+        (_, stats), grads = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(params, head)
+        params = jax.tree.map(lambda p, g: p - 0.01 * g, params, grads[0])
+        return ((params, stats, head - 0.01 * grads[1]),)
+
+    state = (variables["params"], variables["batch_stats"], head)
+    return time_calls(lambda s, x, y: step(s, x, y), (state, images, labels), iterations)
+
+
+def cgdm_step_seconds(batch: int, size: int, iterations: int) -> tuple[float, float]:
+    """CGDM's iteration (steps A, B, C×4 with L_GD on) with a ResNet-50 G and the official
+    heads (bottleneck 256, classifier 1000-1000-12), ``batch`` source + ``batch`` target."""
+    from uda_jax.config import load_config
+    from uda_jax.methods import cgdm
+    from uda_jax.methods.base import StepContext, compile_train_step
+    from uda_jax.models import build_network
+    from uda_jax.optim import build_optimizers
+    from uda_jax.state import TrainState
+
+    config = load_config(
+        None,
+        [
+            "model.backbone=resnet50",
+            "model.bottleneck_dim=256",
+            "model.classifier_widths=[1000,1000]",
+            "method.warmup_steps=0",
+        ],
+    )
+    network = build_network(config.model, 12, cgdm.NUM_CLASSIFIERS)
+    params, stats = fill(jax.eval_shape(lambda: network.init(jax.random.key(0), (size, size, 3))))
+    optimizers = build_optimizers(
+        config.optimizer, {g: network.frozen_mask(g, t) for g, t in params.items()}
+    )
+    rng = np.random.default_rng(0)
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=stats,
+        opt_state={g: o.init(params[g]) for g, o in optimizers.items()},
+        pseudo_labels=jnp.asarray(rng.integers(0, 12, batch), jnp.int32),
+        key=jax.random.key(1),
+    )
+    batch_data = {
+        "source_image": jnp.asarray(rng.normal(size=(batch, size, size, 3)), jnp.float32),
+        "source_label": jnp.asarray(rng.integers(0, 12, batch), jnp.int32),
+        "target_image": jnp.asarray(rng.normal(size=(batch, size, size, 3)), jnp.float32),
+        "target_index": jnp.arange(batch, dtype=jnp.int32),
+    }
+    step = compile_train_step(cgdm.train_step, StepContext(network, optimizers, config.method))
+    key = jax.random.key(0)
+    return time_calls(lambda s, b: (step(s, b, key)[0],), (state, batch_data), iterations)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--iterations", type=int, default=5)
+    parser.add_argument("--dtypes", nargs="+", default=["float32"])
+    parser.add_argument("--cgdm", action="store_true", help="also time CGDM with a ResNet-50 G")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    rows = []
+    for name in args.dtypes:
+        first, median = resnet_step_seconds(jnp.dtype(name), args.batch, args.size, args.iterations)
+        rows.append((f"ResNet-50 step, {name}", args.batch, first, median))
+        print(rows[-1], flush=True)
+    if args.cgdm:
+        first, median = cgdm_step_seconds(args.batch, args.size, args.iterations)
+        label = "CGDM iteration (A, B, 4×C + L_GD), ResNet-50 G, float32"
+        rows.append((label, f"{args.batch}+{args.batch}", first, median))
+        print(rows[-1], flush=True)
+    lines = [
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, "
+        f"{jax.devices()[0].platform} ({len(jax.devices())} device), JAX {jax.__version__}.",
+        f"Input {args.size}×{args.size}×3; median of {args.iterations} iterations after the "
+        "first (compiling) one.",
+        "",
+        "| what | batch | first call (compile) s | median s / step |",
+        "|---|---|---|---|",
+        *(f"| {w} | {b} | {f:.1f} | {m:.3f} |" for w, b, f, m in rows),
+    ]
+    print("\n".join(lines))
+    if args.out:
+        args.out.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

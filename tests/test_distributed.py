@@ -1,0 +1,158 @@
+"""Several processes joined by ``jax.distributed`` train like one process on one device.
+
+Two processes on this machine, 2 CPU devices each, meet over localhost (gloo CPU collectives)
+and train on one global 4-device mesh; a third, single process trains on 1 device from the same
+global batches (tests/distributed_check.py). The final parameters must agree.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from uda_jax.errors import UserError
+from uda_jax.parallel import check_mesh, data_mesh, host_rows, host_share, initialize_distributed
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL = ["data.batch_size=8", "model.classifier_widths=[32,32]", "model.discriminator_hidden=32"]
+CASES = {
+    "cgdm": ["configs/digits_cgdm.yaml", [*SMALL, "method.num_k=2", "method.warmup_steps=0"]],
+    "gvb_metaalign": ["configs/digits_gvb_metaalign.yaml", SMALL],
+}
+STEPS = 3
+TIMEOUT_S = 900
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Output folders of the 2-process run and of the 1-process run (both run at once)."""
+    multi, single = tmp_path_factory.mktemp("multi"), tmp_path_factory.mktemp("single")
+    base = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+    base.pop("XLA_FLAGS", None)
+    script = [sys.executable, "-u", str(ROOT / "tests/distributed_check.py")]
+    cases = json.dumps(CASES)
+    address = f"127.0.0.1:{_free_port()}"
+    two = dict(base, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    commands = [
+        ([*script, str(multi), cases, str(STEPS), address, "2", str(i)], two) for i in range(2)
+    ]
+    commands.append(([*script, str(single), cases, str(STEPS)], base))
+    names = ["process 0", "process 1", "single"]
+    logs = [multi / f"{name.replace(' ', '')}.log" for name in names]
+    procs = []
+    for (cmd, env), log in zip(commands, logs, strict=True):
+        with log.open("w") as out:
+            procs.append(
+                subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+            )
+    deadline = time.monotonic() + TIMEOUT_S
+    try:  # a process whose peer died waits for it: stop all at the first failure
+        while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+            if any(p.poll() not in (None, 0) for p in procs):
+                break
+            time.sleep(0.5)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    failed = [
+        f"{name} (exit code {p.returncode}):\n{log.read_text()[-2500:]}"
+        for name, p, log in zip(names, procs, logs, strict=True)
+        if p.returncode != 0
+    ]
+    assert not failed, "\n\n".join(failed)
+    reports = [json.loads((multi / f"process{i}.json").read_text()) for i in range(2)]
+    return multi, single, reports
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_two_processes_train_like_one_device(runs, case):
+    multi, single, reports = runs
+    for report in reports:
+        assert report["cases"][case]["replicated_on"] == 4
+    one, two = np.load(single / f"{case}.npz"), np.load(multi / f"{case}.npz")
+    assert sorted(one.files) == sorted(two.files)
+    scale = max(float(np.max(np.abs(one[k]))) for k in one.files)
+    worst = max(float(np.max(np.abs(one[k] - two[k]))) for k in one.files)
+    assert worst <= 1e-4 * scale, f"largest difference {worst:.3g}, parameter scale {scale:.3g}"
+    for k in one.files:  # and each tensor against its own scale
+        leaf_scale = max(float(np.max(np.abs(one[k]))), 1e-3)
+        assert float(np.max(np.abs(one[k] - two[k]))) <= 1e-4 * leaf_scale, k
+
+
+@pytest.mark.slow
+def test_each_process_holds_its_rows_and_misconfigurations_are_user_errors(runs):
+    _, _, reports = runs
+    for i, report in enumerate(reports):
+        summary = report["summary"]
+        assert summary == {
+            "process_index": i,
+            "process_count": 2,
+            "local_device_count": 2,
+            "device_count": 4,
+            "platform": "cpu",
+        }
+        assert report["rows"] == [4 * i, 4 * i + 4]  # 8 rows over 4 devices, 2 per device
+        assert report["global_batch_ok"] and report["local_batch_ok"]
+        errors = report["errors"]
+        assert errors["batch_not_split"].startswith("data.batch_size=6 does not split over 4")
+        assert "a multi-process run trains on all devices" in errors["local_mesh"]
+        assert "interleaves the devices of different processes" in errors["interleaved_mesh"]
+        assert "not adjacent in the mesh" in errors["interleaved_rows"]
+        assert report["peak_memory_bytes"] is None  # CPU keeps no device memory statistics
+        assert report["host_peak_rss_bytes"] > 10_000_000
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("127.0.0.1:1234", 2, None), r"process_id missing"),
+        ((None, 2, 0), r"coordinator_address missing"),
+        (("127.0.0.1:1234", None, None), r"num_processes, process_id missing"),
+        (("127.0.0.1:1234", 2, 2), r"process_id=2 is outside 0\.\.1"),
+        (("127.0.0.1:1234", 2, -1), r"process_id=-1 is outside 0\.\.1"),
+        (("127.0.0.1:1234", 0, 0), r"num_processes=0 must be at least 1"),
+        (("127.0.0.1", 2, 0), r"is not host:port"),
+        (("127.0.0.1:1234", "2", 0), r"num_processes='2' is not an integer"),
+    ],
+)
+def test_inconsistent_distributed_arguments_are_user_errors(args, message):
+    with pytest.raises(UserError, match=message):
+        initialize_distributed(*args)
+
+
+def test_distributed_settings_from_the_environment_are_checked(monkeypatch):
+    monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "127.0.0.1:1234")
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "two")
+    monkeypatch.setenv("JAX_PROCESS_ID", "0")
+    with pytest.raises(UserError, match=r"JAX_NUM_PROCESSES='two' is not an integer"):
+        initialize_distributed()
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "2")
+    monkeypatch.setenv("JAX_PROCESS_ID", "5")
+    with pytest.raises(UserError, match=r"process_id=5 is outside 0\.\.1"):
+        initialize_distributed()
+
+
+def test_one_process_holds_all_rows():
+    mesh = data_mesh()
+    check_mesh(mesh)
+    assert host_rows(8, mesh) == slice(0, 8)
+    batch = {"x": np.arange(8), "y": np.arange(16).reshape(8, 2)}
+    share = host_share(batch, mesh)
+    assert all(np.array_equal(share[k], batch[k]) for k in batch)
+    with pytest.raises(UserError, match="different numbers of rows"):
+        host_share({"x": np.arange(8), "y": np.arange(4)}, mesh)

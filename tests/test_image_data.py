@@ -1,0 +1,337 @@
+"""Image domains on disk, torchvision-style transforms, TFDS (mocked) and the grain pipeline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from uda_jax.data import benchmarks, transforms
+from uda_jax.data.image_files import check_images, read_image_folder, read_image_list
+from uda_jax.data.image_pipeline import ImagePairStream, image_eval_batches
+from uda_jax.data.pipeline import DomainPairStream
+from uda_jax.errors import UserError
+
+CLASSES = ("cat", "dog", "bird")
+
+
+def _write(path: Path, seed: int, fmt: str = "JPEG", size=(40, 30)) -> np.ndarray:
+    """Writes a random ``size = (width, height)`` RGB image and returns its pixels."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, fmt)
+    return pixels
+
+
+@pytest.fixture
+def tree(tmp_path) -> Path:
+    """``root/<class>/...`` with 12 images (4 per class), one class with a nested folder + PNG."""
+    root = tmp_path / "domain"
+    for c, cls in enumerate(CLASSES):
+        for i in range(4):
+            sub = "nested/" if (cls == "dog" and i == 3) else ""
+            ext, fmt = (".PNG", "PNG") if i == 2 else (".jpg", "JPEG")
+            _write(root / cls / f"{sub}img{i}{ext}", 10 * c + i, fmt)
+    (root / "cat" / "notes.txt").write_text("not an image")
+    return root
+
+
+def _list_lines(root: Path, domain) -> list[str]:
+    return [
+        f"{Path(p).relative_to(root)} {lab}"
+        for p, lab in zip(domain.paths, domain.labels, strict=True)
+    ]
+
+
+# ---- folders and lists ------------------------------------------------------------------------
+
+
+def test_folder_sorted_and_explicit_order(tree):
+    domain = read_image_folder(tree)
+    assert domain.class_names == ("bird", "cat", "dog") and len(domain) == 12
+    assert np.bincount(domain.labels).tolist() == [4, 4, 4]
+    assert any("nested" in p for p in domain.paths) and all(
+        Path(p).is_absolute() for p in domain.paths
+    )
+    explicit = read_image_folder(tree, class_names=["dog", "cat"])
+    assert explicit.num_classes == 2 and len(explicit) == 8
+    assert all(
+        ("/dog/" in p) == (lab == 0) for p, lab in zip(explicit.paths, explicit.labels, strict=True)
+    )
+    with pytest.raises(UserError, match="no folder for class 'cow'"):
+        read_image_folder(tree, class_names=["dog", "cow"])
+
+
+def test_folder_errors(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        read_image_folder(tmp_path / "missing")
+    (tmp_path / "empty" / "cls").mkdir(parents=True)
+    with pytest.raises(UserError, match="has no images"):
+        read_image_folder(tmp_path / "empty")
+
+
+def test_list_crlf_spaces_relative_absolute(tree, tmp_path):
+    domain = read_image_folder(tree, class_names=CLASSES)
+    spaced = tree / "cat" / "with space.jpg"
+    _write(spaced, 99)
+    lines = _list_lines(tree, domain)
+    lines[1] = f"{domain.paths[1]} {domain.labels[1]}"  # absolute path kept
+    lines += ["", "cat/with space.jpg 0", "   "]
+    list_file = tmp_path / "lists" / "d.txt"
+    list_file.parent.mkdir()
+    list_file.write_bytes("\r\n".join(lines).encode())
+    read = read_image_list(list_file, tree)
+    assert read.paths[:12] == domain.paths and read.paths[12] == str(spaced.resolve())
+    assert read.labels.tolist() == [*domain.labels.tolist(), 0]
+    assert read.class_names == CLASSES  # inferred from the parent folders
+    assert read.line_numbers[12] == 14 and read.num_classes == 3
+
+
+def test_list_errors_name_file_and_line(tree, tmp_path):
+    good = "cat/img0.jpg 0"
+    cases = {
+        "nolabel.jpg": "line 2: expected 'PATH LABEL'",
+        "cat/img1.jpg x": "line 2: label 'x' is not an integer",
+        "cat/img1.jpg 7": r"line 2: label 7 is outside \[0, 3\)",
+        "cat/img1.jpg 0 1 0": "line 2: multi-label",
+        "cat/gone.jpg 1": "line 2: image .*gone.jpg' does not exist",
+    }
+    for bad, message in cases.items():
+        list_file = tmp_path / "bad.txt"
+        list_file.write_text(f"{good}\n{bad}\n")
+        with pytest.raises(UserError, match=f"bad.txt {message}"):
+            read_image_list(list_file, tree, num_classes=3)
+    (tmp_path / "empty.txt").write_text("\n\r\n")
+    with pytest.raises(UserError, match="lists no images"):
+        read_image_list(tmp_path / "empty.txt", tree)
+    with pytest.raises(UserError, match="does not exist"):
+        read_image_list(tmp_path / "nope.txt", tree)
+
+
+def test_check_images_corrupt_truncated_and_skip(tree, tmp_path):
+    domain = read_image_folder(tree, class_names=CLASSES)
+    assert check_images(domain) == (domain, 0)
+    jpg = Path(domain.paths[1])
+    data = jpg.read_bytes()
+    jpg.write_bytes(data[: len(data) // 2])  # truncated JPEG: the header still opens
+    Image.open(jpg).verify()  # a header-only check would pass it
+    list_file = tmp_path / "l.txt"
+    list_file.write_text("\n".join(_list_lines(tree, domain)))
+    listed = read_image_list(list_file, tree)
+    with pytest.raises(UserError, match=r"img1.jpg \(.*l.txt line 2\).*truncated"):
+        check_images(listed)
+    Path(domain.paths[5]).write_bytes(b"garbage, not a JPEG")
+    with pytest.raises(UserError, match=r"img1.jpg.*\(1 more unreadable\)"):
+        check_images(domain)
+    kept, skipped = check_images(listed, skip_unreadable=True)
+    assert skipped == 2 and len(kept) == 10
+    assert domain.paths[1] not in kept.paths and kept.line_numbers[:2] == (1, 3)
+
+
+# ---- benchmarks -------------------------------------------------------------------------------
+
+
+def test_benchmark_resolution(tmp_path, monkeypatch):
+    assert len(benchmarks.OFFICEHOME_CLASSES) == 65 == len(set(benchmarks.OFFICEHOME_CLASSES))
+    assert len(benchmarks.OFFICE31_CLASSES) == 31
+    monkeypatch.delenv("UDA_DATA_DIR", raising=False)
+    with pytest.raises(UserError, match="no data root"):
+        benchmarks.resolve_image_domain("office31/amazon")
+    with pytest.raises(UserError, match="does not exist"):
+        benchmarks.resolve_image_domain("office31/amazon", tmp_path / "nowhere")
+    with pytest.raises(UserError, match="did you mean 'office31/amazon'"):
+        benchmarks.resolve_image_domain("office31/amazn", tmp_path)
+    with pytest.raises(UserError, match="did you mean 'officehome'"):
+        benchmarks.resolve_image_domain("ofice_home/Art", tmp_path)
+    # Office-Home folders in the list order, "Real World" with a space.
+    for k in (0, 2, 64):
+        _write(
+            tmp_path / "officehome" / "Real World" / benchmarks.OFFICEHOME_CLASSES[k] / "a.jpg", k
+        )
+    for cls in benchmarks.OFFICEHOME_CLASSES:
+        (tmp_path / "officehome" / "Real World" / cls).mkdir(parents=True, exist_ok=True)
+    monkeypatch.setenv("UDA_DATA_DIR", str(tmp_path))
+    rw = benchmarks.resolve_image_domain("officehome/Real_World")
+    assert rw.labels.tolist() == [0, 2, 64] and rw.class_names[1] == "Exit_Sign"
+    # A list file wins over folders; paths relative to the benchmark folder.
+    _write(tmp_path / "office31" / "dslr" / "images" / "bike" / "x.jpg", 1)
+    (tmp_path / "office31" / "dslr_list.txt").write_text("dslr/images/bike/x.jpg 1\r\n")
+    dslr = benchmarks.resolve_image_domain("office31/dslr")
+    assert dslr.labels.tolist() == [1] and dslr.class_names[1] == "bike" and dslr.list_file
+    folder = benchmarks.resolve_image_domain("folder:officehome/Real World")
+    assert folder.class_names[0] == "Alarm_Clock"  # generic folders are alphabetical
+    with pytest.raises(UserError, match="only domainnet"):
+        benchmarks.resolve_image_domain("office31/dslr:test")
+
+
+# ---- transforms -------------------------------------------------------------------------------
+
+
+def test_transforms_by_hand():
+    image = np.random.default_rng(0).integers(0, 256, (9, 12, 3), dtype=np.uint8)
+    assert transforms.center_crop_box(image.shape, 4) == (2, 4)  # round(2.5) = 2 (half to even)
+    assert transforms.center_crop_box((10, 13), 4) == (3, 4)  # round(3.0), round(4.5) = 4
+    t = transforms.ImageTransform(resize=None, crop_size=4, crop="center", flip=False)
+    mean, std = np.float32(transforms.IMAGENET_MEAN), np.float32(transforms.IMAGENET_STD)
+    expected = (image[2:6, 4:8].astype(np.float32) / 255 - mean) / std
+    np.testing.assert_allclose(t(image), expected, rtol=1e-6)
+    flip = transforms.ImageTransform(resize=None, crop_size=4, crop="random", flip=True)
+    seen = set()
+    for seed in range(40):
+        out = flip(image, np.random.default_rng(seed))
+        rng = np.random.default_rng(seed)
+        top, left = int(rng.integers(0, 6)), int(rng.integers(0, 9))
+        window = image[top : top + 4, left : left + 4]
+        flipped = rng.random() < 0.5
+        window = window[:, ::-1] if flipped else window
+        np.testing.assert_allclose(out, (window.astype(np.float32) / 255 - mean) / std, rtol=1e-6)
+        seen.add(flipped)
+    assert seen == {True, False}
+    grey = transforms.ImageTransform(resize=(6, 5), crop="none")(image[:, :, 0])
+    assert grey.shape == (6, 5, 3) and grey.dtype == np.float32
+    np.testing.assert_array_equal(grey[..., 0] * std[0] + mean[0], grey[..., 1] * std[1] + mean[1])
+
+
+def test_transforms_match_torchvision_or_pil():
+    image = np.random.default_rng(1).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    resized = transforms.resize(image, (32, 36))
+    pil = np.asarray(Image.fromarray(image).resize((36, 32), Image.Resampling.BILINEAR))
+    np.testing.assert_array_equal(resized, pil)
+    try:
+        import torchvision.transforms as tv
+    except ImportError:
+        pytest.skip("torchvision not installed (compared with PIL directly above)")
+    ref = tv.Compose(
+        [
+            tv.Resize((32, 36)),
+            tv.CenterCrop(27),
+            tv.ToTensor(),
+            tv.Normalize(transforms.IMAGENET_MEAN, transforms.IMAGENET_STD),
+        ]
+    )(Image.fromarray(image))
+    ours = transforms.ImageTransform(resize=(32, 36), crop_size=27)(image)
+    np.testing.assert_allclose(ours, ref.numpy().transpose(1, 2, 0), atol=1e-6)
+
+
+# ---- TFDS (mocked: never touches the network) -------------------------------------------------
+
+
+def test_tfds_source_mocked(tmp_path):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    from uda_jax.data import tfds_source
+
+    with pytest.raises(UserError, match="not prepared"):
+        tfds_source.TfdsSource("mnist", data_dir=tmp_path)
+    with pytest.raises(UserError, match="did you mean 'svhn_cropped'"):
+        tfds_source.TfdsSource("svhn_croped", data_dir=tmp_path)
+    for name in ("mnist", "domainnet/sketch"):
+        (tmp_path / name).mkdir(parents=True)
+    with tfds.testing.mock_data(num_examples=6, policy=tfds.testing.MockPolicy.USE_CODE):
+        source = tfds_source.TfdsSource("mnist", "train", tmp_path)
+        image, label = source[3]
+        assert len(source) == 6 and image.shape == (28, 28, 1) and image.dtype == np.uint8
+        assert 0 <= label < 10 and source.class_names == tuple(str(k) for k in range(10))
+        dn = tfds_source.TfdsSource("domainnet/sketch", "test", tmp_path)
+        assert dn.num_classes == 345 and dn[0][0].shape[2] == 3
+        domain = tfds_source.load_tfds_domain("mnist", image_size=16, data_dir=tmp_path)
+        assert domain.train_images.shape == (6, 16, 16, 3) and domain.num_classes == 10
+        assert domain.train_images.min() >= -1 and domain.train_images.max() <= 1
+        stream = ImagePairStream(source, dn, 2, 0, transforms.ImageTransform(32, 28))
+        batch = next(stream)
+        assert batch["source_image"].shape == (2, 28, 28, 3) and batch["target_index"].max() < 6
+
+
+# ---- the grain pipeline -----------------------------------------------------------------------
+
+TRAIN = transforms.train_transform(32, 28)
+
+
+def _take(stream, n):
+    return [next(stream) for _ in range(n)]
+
+
+def _assert_same(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        assert x.keys() == y.keys()
+        for key in x:
+            np.testing.assert_array_equal(x[key], y[key], err_msg=key)
+
+
+def test_pair_stream_determinism_resume_and_order(tree):
+    domain = read_image_folder(tree)
+    run = ImagePairStream(domain, domain, 4, 3, TRAIN)
+    first = _take(run, 7)  # 3 batches per epoch: crosses two epoch boundaries
+    assert first[0]["source_image"].shape == (4, 28, 28, 3)
+    assert first[0]["source_label"].dtype == np.int32 and first[0]["target_index"].dtype == np.int32
+    _assert_same(first, _take(ImagePairStream(domain, domain, 4, 3, TRAIN), 7))
+    other = next(ImagePairStream(domain, domain, 4, 4, TRAIN))
+    assert not np.array_equal(other["source_image"], first[0]["source_image"])
+    # Same example order as the in-memory DomainPairStream with the same seed.
+    mem = DomainPairStream(_as_memory(domain), _as_memory(domain), 4, 3)
+    for batch in first:
+        ref = next(mem)
+        np.testing.assert_array_equal(batch["target_index"], ref["target_index"])
+        np.testing.assert_array_equal(batch["source_label"], ref["source_label"])
+    # Each epoch is a drop-last permutation; re-seen examples get fresh random crops.
+    epoch0 = np.concatenate([b["target_index"] for b in first[:3]])
+    assert sorted(epoch0.tolist()) == list(range(12))
+    # Resume mid-epoch from a JSON round trip of the state.
+    resumed = ImagePairStream(domain, domain, 4, 3, TRAIN)
+    _take(resumed, 2)
+    state = json.loads(json.dumps(resumed.get_state()))
+    fresh = ImagePairStream(domain, domain, 4, 3, TRAIN)
+    fresh.set_state(state)
+    _assert_same(_take(fresh, 5), first[2:])
+    with pytest.raises(UserError, match="batch_size=4 but this run has 6"):
+        ImagePairStream(domain, domain, 6, 3, TRAIN).set_state(state)
+    full = next(ImagePairStream(domain, domain, 12, 3, TRAIN))  # large batches: no overflow
+    assert sorted(full["source_label"].tolist()) == sorted(domain.labels.tolist())
+    with pytest.raises(UserError, match="batch size 13"):
+        ImagePairStream(domain, domain, 13, 3, TRAIN)
+
+
+def _as_memory(domain):
+    from uda_jax.data.domains import DomainData
+
+    n = len(domain)
+    images = np.zeros((n, 1, 1, 1), np.float32)
+    return DomainData(domain.name, images, domain.labels, images, domain.labels, domain.class_names)
+
+
+def test_pair_stream_sharding_and_workers(tree):
+    domain = read_image_folder(tree)
+    whole = _take(ImagePairStream(domain, domain, 4, 1, TRAIN), 4)
+    halves = [
+        _take(ImagePairStream(domain, domain, 4, 1, TRAIN, process_index=p, process_count=2), 4)
+        for p in range(2)
+    ]
+    joined = [
+        {k: np.concatenate([h0[k], h1[k]]) for k in h0} for h0, h1 in zip(*halves, strict=True)
+    ]
+    _assert_same(joined, whole)
+    # A run resumed on 2 hosts continues the 1-host run exactly.
+    host1 = ImagePairStream(domain, domain, 4, 1, TRAIN, process_index=1, process_count=2)
+    host1.set_state({**ImagePairStream(domain, domain, 4, 1, TRAIN).get_state(), "step": 2})
+    np.testing.assert_array_equal(next(host1)["source_image"], whole[2]["source_image"][2:])
+    with ImagePairStream(domain, domain, 4, 1, TRAIN, num_workers=2) as workers:
+        _assert_same(_take(workers, 4), whole)
+
+
+def test_eval_batches_padded_fixed_order(tree):
+    domain = read_image_folder(tree)
+    batches = list(image_eval_batches(domain, 5, transforms.eval_transform(32, 28)))
+    assert [b[2] for b in batches] == [5, 5, 2]
+    labels = np.concatenate([b[1][: b[2]] for b in batches])
+    np.testing.assert_array_equal(labels, domain.labels)
+    image0 = transforms.eval_transform(32, 28)(transforms.decode_rgb(domain.paths[0]))
+    np.testing.assert_array_equal(batches[2][0][2], image0)  # padding repeats example 0
+    np.testing.assert_array_equal(batches[0][0][0], image0)
+    stochastic = transforms.eval_transform(32, 28, stochastic=True)
+    a = list(image_eval_batches(domain, 5, stochastic))
+    b = list(image_eval_batches(domain, 5, stochastic))
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x[0], y[0])
