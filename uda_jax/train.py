@@ -20,18 +20,17 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 from jax.sharding import Mesh
 
 from uda_jax.checkpoint import Checkpointer, Restored
 from uda_jax.config import Config, load_config
 from uda_jax.data.pipeline import DomainPairStream
-from uda_jax.data.sources import domain_batches, num_examples, pair_stream
+from uda_jax.data.sources import pair_stream
 from uda_jax.errors import UserError
-from uda_jax.evaluation import classification_metrics, make_predict_fn, predict_batches
-from uda_jax.experiment import Experiment, build_experiment, create_train_state, make_step_fn
+from uda_jax.evaluation import make_predict_fn
+from uda_jax.experiment import build_experiment, create_train_state, make_step_fn
 from uda_jax.interrupts import Interrupted, StopSignals
+from uda_jax.loop_eval import all_finite, evaluate_target, refresh_pseudo_labels, write_plots
 from uda_jax.metrics import MetricsWriter, ProgressBar
 from uda_jax.parallel import (
     check_batch_size,
@@ -43,8 +42,6 @@ from uda_jax.parallel import (
     replicate,
     shard_batch,
 )
-from uda_jax.plots import TSNE_POINTS_PER_DOMAIN, plot_curves, plot_feature_tsne
-from uda_jax.pseudo_labels import cluster_pseudo_labels
 from uda_jax.run_dir import resolve_run_dir, truncate_metrics, write_atomic, write_config
 from uda_jax.state import TrainState
 
@@ -54,25 +51,6 @@ USAGE = "usage: python -m uda_jax.train [CONFIG.yaml] [key=value ...]"
 
 class TrainingError(Exception):
     """Training cannot go on (a NaN or inf loss): the loop stops with one line, exit code 1."""
-
-
-def refresh_pseudo_labels(experiment: Experiment, state: TrainState, predict_fn) -> TrainState:
-    """Eval-mode pass over the target training set, then CGDM's clustering (§1.7)."""
-    batches = domain_batches(experiment.target, "train", experiment.config.data)
-    features, logits = predict_batches(predict_fn, state.params, state.batch_stats, batches)
-    labels = cluster_pseudo_labels(jnp.asarray(features), jax.nn.softmax(jnp.asarray(logits)))
-    return state.replace(pseudo_labels=labels)
-
-
-def evaluate_target(experiment: Experiment, state: TrainState, predict_fn) -> dict[str, float]:
-    """Accuracy metrics on the target test split, keys ``eval/...``."""
-    target = experiment.target
-    batches = domain_batches(target, "test", experiment.config.data)
-    _, logits = predict_batches(predict_fn, state.params, state.batch_stats, batches)
-    metrics = classification_metrics(
-        np.argmax(logits, axis=1), target.test_labels, target.class_names
-    )
-    return {f"eval/target_{k}": v for k, v in metrics.items()}
 
 
 def pseudo_refresh_due(config: Config, step: int) -> bool:
@@ -209,38 +187,6 @@ def _restore(config: Config, run_dir: Path, like: TrainState) -> Restored | None
             f"{config.steps}; raise steps or choose another run_dir"
         )
     return restored
-
-
-@jax.jit
-def all_finite(tree: Any) -> jax.Array:
-    """Whether every float in ``tree`` is finite (one device-side reduction)."""
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
-    return jnp.all(jnp.stack(leaves))
-
-
-def write_plots(
-    experiment: Experiment, state: TrainState, predict_fn, run_dir: Path | None
-) -> None:
-    """``curves.png`` from ``metrics.jsonl`` and ``features_tsne.png``: source vs target
-    features of the network at initialisation (before adaptation) and now (after).
-    ``run_dir`` None: compute the features only (the other processes of a multi-host run)."""
-    rng = np.random.default_rng(experiment.config.seed)
-    data = experiment.config.data
-    domains = (experiment.source, experiment.target)
-    rows = [np.sort(rng.permutation(num_examples(d))[:TSNE_POINTS_PER_DOMAIN]) for d in domains]
-
-    def features(state: TrainState) -> tuple[np.ndarray, ...]:
-        return tuple(
-            predict_batches(
-                predict_fn, state.params, state.batch_stats, domain_batches(d, "train", data, r)
-            )[0]
-            for d, r in zip(domains, rows, strict=True)
-        )
-
-    before, after = features(create_train_state(experiment)), features(state)
-    if run_dir is not None:
-        plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
-        plot_feature_tsne(before, after, run_dir / "features_tsne.png", experiment.config.seed)
 
 
 def final_results(
