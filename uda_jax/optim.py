@@ -124,9 +124,11 @@ def optimizer_fn(name: str) -> Callable[..., optax.GradientTransformation]:
 def _try_kwargs(name: str, fn: Callable, kwargs: dict[str, Any], group: str) -> None:
     """One update of a 2-vector, so a keyword of the wrong type fails here with one line."""
     try:
-        params = {"x": jnp.ones(2)}
-        transformation = fn(learning_rate=0.1, **kwargs)
-        transformation.update(params, transformation.init(params), params)
+        # standard promotion: optax mixes Python floats and int32 counters internally
+        with jax.numpy_dtype_promotion("standard"):
+            params = {"x": jnp.ones(2)}
+            transformation = fn(learning_rate=0.1, **kwargs)
+            transformation.update(params, transformation.init(params), params)
     except (TypeError, ValueError, AttributeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(
