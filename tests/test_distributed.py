@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["data.batch_size=8", "model.classifier_widths=[32,32]", "model.discriminator_hidden=32"]
 CASES = {
     "cgdm": ["configs/digits_cgdm.yaml", [*SMALL, "method.num_k=2", "method.warmup_steps=0"]],
-    "gvb_metaalign": ["configs/digits_gvb_metaalign.yaml", SMALL],
+    # MetaAlign's sharded step is checked 1 vs 8 devices in test_parallel.py; the collectives
+    # across processes are the same, so one method keeps this (3-process) test affordable
 }
 STEPS = 3
 TIMEOUT_S = 900

@@ -28,7 +28,6 @@ SMALL = ["data.batch_size=8", "model.classifier_widths=[32,32]", "model.discrimi
         ("digits_mcd", ["method.num_k=2"]),
         ("digits_cgdm", ["method.num_k=2", "method.warmup_steps=0"]),
         ("digits_dann", []),
-        ("digits_cdan", []),
         ("digits_gvb_metaalign", ["metaalign.order=second"]),
     ],
 )
