@@ -17,7 +17,6 @@ from flax import linen as nn
 from uda_jax.models.layers import (
     BatchNorm,
     compute_dtype,
-    max_pool_2x2,
     torch_bias_init,
     torch_uniform_init,
 )
@@ -49,6 +48,6 @@ class LeNetEncoder(nn.Module):
             x = BatchNorm(
                 self.bn_momentum, self.bn_epsilon, self.unbiased_running_var, name=f"bn{index}"
             )(x, train=train)
-            x = max_pool_2x2(nn.relu(x))
+            x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
         x = jnp.transpose(x, (0, 3, 1, 2))  # NHWC → NCHW before flattening, as PyTorch does
         return x.reshape(x.shape[0], -1)

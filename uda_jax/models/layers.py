@@ -140,13 +140,3 @@ class Dense(nn.Module):
         else:
             y = jnp.matmul(x.astype(low), kernel.astype(low), preferred_element_type=jnp.float32)
         return y + bias.reshape((1,) * (y.ndim - 1) + (self.features,))
-
-
-def max_pool_2x2(x: jax.Array) -> jax.Array:
-    """2×2 max-pooling with stride 2 over ``[batch, H, W, C]`` (H, W even) as a reshape and a
-    max: the same values as ``nn.max_pool``, and a gradient that is a select instead of the
-    scatter XLA makes of ``reduce_window``'s (several times cheaper on CPU, no index tensors).
-    The gradients differ only where a window has tied maxima, which after a ReLU happens only
-    at 0, where the ReLU passes no gradient anyway."""
-    b, h, w, c = x.shape
-    return jnp.max(x.reshape(b, h // 2, 2, w // 2, 2, c), axis=(2, 4))
