@@ -105,13 +105,12 @@ def cgdm_step_seconds(batch: int, size: int, iterations: int) -> tuple[float, fl
         config.optimizer, {g: network.frozen_mask(g, t) for g, t in params.items()}
     )
     rng = np.random.default_rng(0)
-    state = TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        batch_stats=stats,
-        opt_state={g: o.init(params[g]) for g, o in optimizers.items()},
-        pseudo_labels=jnp.asarray(rng.integers(0, 12, batch), jnp.int32),
-        key=jax.random.key(1),
+    state = TrainState.create(
+        params,
+        stats,
+        optimizers,
+        jnp.asarray(rng.integers(0, 12, batch), jnp.int32),
+        jax.random.key(1),
     )
     batch_data = {
         "source_image": jnp.asarray(rng.normal(size=(batch, size, size, 3)), jnp.float32),

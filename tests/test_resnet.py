@@ -245,13 +245,12 @@ def _cgdm_setup(dtype):
         config.optimizer, {g: network.frozen_mask(g, t) for g, t in params.items()}
     )
     rng = np.random.default_rng(0)
-    state = TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        batch_stats=stats,
-        opt_state={g: o.init(params[g]) for g, o in optimizers.items()},
-        pseudo_labels=jnp.asarray(rng.integers(0, 10, 16), jnp.int32),
-        key=jax.random.key(1),
+    state = TrainState.create(
+        params,
+        stats,
+        optimizers,
+        jnp.asarray(rng.integers(0, 10, 16), jnp.int32),
+        jax.random.key(1),
     )
     batch = {
         "source_image": jnp.asarray(rng.normal(size=(8, 32, 32, 1)), jnp.float32),

@@ -109,17 +109,15 @@ def create_train_state(experiment: Experiment) -> TrainState:
     if weights is not None:
         params, stats = load_pretrained_backbone(weights, params, stats)
         params, stats = jax.tree.map(jnp.asarray, (params, stats))
-    opt_state = {g: opt.init(params[g]) for g, opt in experiment.ctx.optimizers.items()}
     num_target = num_examples(experiment.target)
     extras = metaalign.init_extras(params) if experiment.ctx.metaalign else {}
-    return TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        batch_stats=stats,
-        opt_state=opt_state,
-        pseudo_labels=jnp.full((num_target,), -1, jnp.int32),
-        key=train_key,
-        extras=extras,
+    return TrainState.create(
+        params,
+        stats,
+        experiment.ctx.optimizers,
+        jnp.full((num_target,), -1, jnp.int32),
+        train_key,
+        extras,
     )
 
 

@@ -6,6 +6,7 @@ import dataclasses
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 PyTree = Any
 
@@ -35,6 +36,27 @@ class TrainState:
     pseudo_labels: jax.Array
     key: jax.Array
     extras: PyTree = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def create(
+        cls,
+        params: PyTree,
+        batch_stats: PyTree,
+        optimizers: dict[str, Any],
+        pseudo_labels: jax.Array,
+        key: jax.Array,
+        extras: PyTree | None = None,
+    ) -> TrainState:
+        """Step 0 with a fresh state of every group's optimizer (``optimizers[g].init``)."""
+        return cls(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            batch_stats=batch_stats,
+            opt_state={g: opt.init(params[g]) for g, opt in optimizers.items()},
+            pseudo_labels=pseudo_labels,
+            key=key,
+            extras={} if extras is None else extras,
+        )
 
     def replace(self, **changes: Any) -> TrainState:
         """A copy with ``changes`` applied."""

@@ -24,7 +24,6 @@ from jax.sharding import Mesh
 
 from uda_jax.checkpoint import Checkpointer, Restored
 from uda_jax.config import Config, load_config
-from uda_jax.data.pipeline import DomainPairStream
 from uda_jax.data.sources import pair_stream
 from uda_jax.errors import UserError
 from uda_jax.evaluation import make_predict_fn
@@ -94,7 +93,6 @@ def run(config: Config, run_dir: Path, mesh: Mesh | None = None) -> dict[str, An
         jax.process_index(),
         jax.process_count(),
     )
-    process_local = not isinstance(stream, DomainPairStream)  # image streams load their rows
     restored = _restore(config, run_dir, state)
     start_step, eval_metrics = 0, {}
     if restored is not None:
@@ -130,7 +128,7 @@ def run(config: Config, run_dir: Path, mesh: Mesh | None = None) -> dict[str, An
                 with _Stopwatch(state) as watch:
                     state = refresh_pseudo_labels(experiment, state, predict_fn)
                 excluded += watch.seconds
-            batch = shard_batch(next(stream), mesh, process_local=process_local)
+            batch = shard_batch(next(stream), mesh, process_local=stream.PROCESS_LOCAL)
             state, metrics = step_fn(state, batch, step)
             done = step + 1
             if done == compiled_at:  # time the steps after compilation

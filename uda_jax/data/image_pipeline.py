@@ -141,6 +141,8 @@ class ImagePairStream:
     ``with``) to stop the workers.
     """
 
+    PROCESS_LOCAL = True  # next() is only this host's rows of the global batch
+
     def __init__(
         self,
         source: ImageDomain | RandomAccessSource,

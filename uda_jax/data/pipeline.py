@@ -87,6 +87,8 @@ class DomainPairStream:
     they are independent and no two run seeds share one.
     """
 
+    PROCESS_LOCAL = False  # next() is the whole global batch, the same on every host
+
     def __init__(self, source: DomainData, target: DomainData, batch_size: int, seed: int):
         self.source, self.target = source, target
         self.source_stream = ShuffledStream(
