@@ -67,6 +67,9 @@ class ModelConfig:
     bn_eps: float = 1e-5
     discriminator_hidden: int = 1024  # the adversarial methods' domain discriminator
     discriminator_dropout: float = 0.5
+    # auto: convolution/max-pool gradients as matrix products and masks on CPU, XLA's own ops
+    # elsewhere (uda_jax.models.gemm_ops); gemm / xla force one. Same functions either way.
+    kernels: str = "auto"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -335,6 +338,7 @@ def _unknown_key_message(key: str, where: str, valid: list[str]) -> str:
 _CHOICES = {
     "model.classifier_init": ("reference", "xavier", "pytorch"),
     "model.bn_running_var": ("unbiased", "biased"),
+    "model.kernels": ("auto", "gemm", "xla"),
     "optimizer.schedule": ("constant", "inv"),
     "metaalign.order": ("first", "second"),
     "metaalign.roles": ("alternate", "align_first", "cls_first"),

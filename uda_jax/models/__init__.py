@@ -20,6 +20,7 @@ from flax import linen as nn
 
 from uda_jax.config import ModelConfig
 from uda_jax.errors import UserError
+from uda_jax.models import gemm_ops
 from uda_jax.models.digits import LeNetEncoder
 from uda_jax.models.heads import Bottleneck, BridgedClassifier, Classifier, Discriminator
 from uda_jax.models.layers import full_precision
@@ -27,7 +28,8 @@ from uda_jax.models.resnet import make_resnet
 
 PyTree = Any
 
-# name → constructor taking (bn_momentum, bn_epsilon, unbiased_running_var, dtype, name)
+# name → constructor taking (bn_momentum, bn_epsilon, unbiased_running_var, dtype, gemm_kernels,
+# name)
 BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "lenet": LeNetEncoder,
     **{f"resnet{depth}": make_resnet(depth) for depth in (18, 34, 50, 101, 152)},
@@ -41,10 +43,13 @@ class Generator(nn.Module):
     bottleneck_dim: int
     bn_kwargs: dict
     dtype: Any = jnp.float32
+    gemm_kernels: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        backbone = BACKBONES[self.backbone](**self.bn_kwargs, dtype=self.dtype, name="backbone")
+        backbone = BACKBONES[self.backbone](
+            **self.bn_kwargs, dtype=self.dtype, gemm_kernels=self.gemm_kernels, name="backbone"
+        )
         x = backbone(x, train=train)
         if self.bottleneck_dim:
             x = Bottleneck(self.bottleneck_dim, dtype=self.dtype, name="bottleneck")(x)
@@ -168,7 +173,8 @@ def build_network(
             config.discriminator_hidden, config.discriminator_dropout, bridge, dtype=dtype
         )
     names = ("f",) if num_classifiers == 1 else tuple(f"f{i + 1}" for i in range(num_classifiers))
-    generator = Generator(config.backbone, config.bottleneck_dim, bn_kwargs, dtype)
+    gemm = gemm_ops.use_gemm_kernels(config.kernels)
+    generator = Generator(config.backbone, config.bottleneck_dim, bn_kwargs, dtype, gemm)
     return Network(
         generator,
         classifier,

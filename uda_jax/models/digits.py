@@ -3,7 +3,8 @@
 ``LeNetEncoder``: channel mean → conv 5×5 (32) → BN → ReLU → max-pool 2 → conv 5×5 (48) → BN →
 ReLU → max-pool 2 → flatten, 48·5·5 = 1200 features for a 32×32 input. The flatten is
 channel-major (PyTorch's NCHW order) so weights import from the PyTorch model unchanged.
-``dtype`` is the compute dtype of the convolutions (parameters stay float32).
+``dtype`` is the compute dtype of the convolutions (parameters stay float32); ``gemm_kernels``
+selects :mod:`uda_jax.models.gemm_ops`' convolution and pooling (the same functions).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from uda_jax.models import gemm_ops
 from uda_jax.models.layers import (
     BatchNorm,
     compute_dtype,
@@ -29,6 +31,7 @@ class LeNetEncoder(nn.Module):
     bn_epsilon: float = 1e-5
     unbiased_running_var: bool = True
     dtype: Any = jnp.float32
+    gemm_kernels: bool = False  # uda_jax.models.gemm_ops' conv and pooling (fast on CPU)
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -43,11 +46,16 @@ class LeNetEncoder(nn.Module):
                 bias_init=torch_bias_init(fan_in),
                 dtype=compute_dtype(self.dtype),
                 param_dtype=jnp.float32,
+                conv_general_dilated=gemm_ops.conv_general_dilated if self.gemm_kernels else None,
                 name=f"conv{index}",
             )(x)
             x = BatchNorm(
                 self.bn_momentum, self.bn_epsilon, self.unbiased_running_var, name=f"bn{index}"
             )(x, train=train)
-            x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
+            x = nn.relu(x)
+            if self.gemm_kernels:
+                x = gemm_ops.max_pool(x, (2, 2), (2, 2))
+            else:
+                x = nn.max_pool(x, (2, 2), strides=(2, 2))
         x = jnp.transpose(x, (0, 3, 1, 2))  # NHWC → NCHW before flattening, as PyTorch does
         return x.reshape(x.shape[0], -1)

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from uda_jax.models import gemm_ops
 from uda_jax.models.layers import BatchNorm, compute_dtype, full_precision
 
 # torchvision: kaiming_normal_(mode="fan_out", nonlinearity="relu"), std = √(2 / (out·kh·kw))
@@ -44,6 +45,7 @@ class _Bn(nn.Module):
     bn_epsilon: float = 1e-5
     unbiased_running_var: bool = True
     dtype: Any = jnp.float32
+    gemm_kernels: bool = False  # uda_jax.models.gemm_ops' conv and pooling (fast on CPU)
 
     def conv(self, features: int, kernel: int, stride: int, name: str) -> nn.Conv:
         """A bias-free conv with torchvision's padding (kernel // 2) and init."""
@@ -57,6 +59,7 @@ class _Bn(nn.Module):
             kernel_init=CONV_INIT,
             dtype=compute_dtype(self.dtype),
             param_dtype=jnp.float32,
+            conv_general_dilated=gemm_ops.conv_general_dilated if self.gemm_kernels else None,
             name=name,
         )
 
@@ -115,12 +118,14 @@ class ResNet(_Bn):
         kind, blocks = ARCHITECTURES[f"resnet{self.depth}"]
         block_cls = BasicBlock if kind == "basic" else BottleneckBlock
         x = nn.relu(self.bn("bn1")(self.conv(64, 7, 2, "conv1")(x), train=train))
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        pool = gemm_ops.max_pool if self.gemm_kernels else nn.max_pool
+        x = pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         settings = dict(
             bn_momentum=self.bn_momentum,
             bn_epsilon=self.bn_epsilon,
             unbiased_running_var=self.unbiased_running_var,
             dtype=self.dtype,
+            gemm_kernels=self.gemm_kernels,
         )
         for stage, count in enumerate(blocks, start=1):
             planes = 64 * 2 ** (stage - 1)
