@@ -149,3 +149,18 @@ def test_train_step_is_a_pure_function_of_its_inputs():
     _, m1 = step(state, batch, jax.random.key(3))
     _, m2 = step(state, batch, jax.random.key(3))
     assert {k: float(v) for k, v in m1.items()} == {k: float(v) for k, v in m2.items()}
+
+
+def test_rolled_step_c_loop_trains_as_the_unrolled_one():
+    """``method.unroll_c=false`` (one compiled loop body) is the same iteration as unrolled."""
+    results = []
+    for unroll in ("true", "false"):
+        module, ctx, state, batch = _setup("cgdm", "method.num_k=3", f"method.unroll_c={unroll}")
+        step = jax.jit(lambda s, b, k, ctx=ctx, module=module: module.train_step(s, b, k, ctx=ctx))
+        results.append(step(state, batch, jax.random.key(3)))
+    (unrolled, m_unrolled), (rolled, m_rolled) = results
+    assert m_rolled["train/loss_gd"] > 0  # the gradient discrepancy is in the loop body
+    for a, b in zip(jax.tree.leaves(unrolled.params), jax.tree.leaves(rolled.params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    for name in m_unrolled:
+        np.testing.assert_allclose(m_rolled[name], m_unrolled[name], rtol=1e-5, atol=1e-6)

@@ -78,6 +78,9 @@ class MethodConfig:
 
     name: str = "cgdm"
     num_k: int = 4  # generator repeats of MCD/CGDM step C
+    # compile step C's num_k repeats unrolled (fastest on CPU) or as one loop body (about num_k
+    # times less to compile: for ResNet backbones, whose unrolled CGDM step compiles for minutes)
+    unroll_c: bool = True
     discrepancy_weight: float = 1.0
     entropy_weight: float = 0.01  # weight of the IM entropy term E in steps A/B/C (CGDM)
     pseudo_weight: float = 0.01  # α: pseudo-label weighted CE in step A (CGDM)
