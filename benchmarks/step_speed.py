@@ -76,7 +76,8 @@ def cell_overrides(network: str, method: str, args: argparse.Namespace) -> list[
             f"data.batch_size={args.resnet_batch}",
         ]
         if method == "cgdm":  # ResBottle's Linear(2048 → 256); GVB-GD has no bottleneck (§2.5)
-            overrides.append("model.bottleneck_dim=256")
+            # step C as one loop body: unrolled, the ResNet-50 step took > 15 min to compile
+            overrides += ["model.bottleneck_dim=256", "method.unroll_c=false"]
     return overrides
 
 

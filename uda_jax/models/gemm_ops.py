@@ -75,18 +75,26 @@ def _conv_jvp(strides, padding, primals, tangents):
     x, kernel = primals
     dx, dkernel = tangents
     out = _conv(x, kernel, strides, padding)
+    kh, kw, cin, cout = kernel.shape
+
+    def patch_product(inputs, weights):  # im2col: [N·H'·W', kh·kw·cin] @ [kh·kw·cin, cout]
+        patches = jnp.stack(_windows(inputs, (kh, kw), strides, padding, 0.0), axis=3)
+        flat = patches.reshape(-1, kh * kw * cin)  # the kernel's (i, j, c) order
+        return jnp.dot(flat, weights.reshape(kh * kw * cin, cout)).reshape(out.shape)
+
     tangent = jnp.zeros(out.shape, out.dtype)
     if not isinstance(dkernel, SymbolicZero):
-        kh, kw, cin, cout = kernel.shape
-        columns = _windows(x, (kh, kw), strides, padding, 0.0)
-        patches = jnp.stack(columns, axis=3)  # [N, H', W', kh·kw, C]: the kernel's (i, j, c)
-        tangent = jnp.dot(
-            patches.reshape(-1, kh * kw * cin), dkernel.reshape(kh * kw * cin, cout)
-        ).reshape(out.shape)
-    if not isinstance(dx, SymbolicZero):  # an image input has no tangent: skip its conv
-        tangent = tangent + lax.conv_general_dilated(
-            dx, kernel, strides, padding, dimension_numbers=NHWC
-        )
+        tangent = patch_product(x, dkernel)
+    if not isinstance(dx, SymbolicZero):  # an image input has no tangent: skip it
+        # XLA's input gradient of a strided convolution (an input-dilated convolution) and of
+        # a window wider than its output run on a slow generic path on CPU; as im2col their
+        # transpose is a matrix product and (strided) pads. Otherwise XLA's own is faster.
+        if strides != (1, 1) or min(out.shape[1:3]) < max(kh, kw):
+            tangent = tangent + patch_product(dx, kernel)
+        else:
+            tangent = tangent + lax.conv_general_dilated(
+                dx, kernel, strides, padding, dimension_numbers=NHWC
+            )
     return out, tangent
 
 
