@@ -101,6 +101,6 @@ def test_max_pool_gives_a_tied_window_gradient_to_its_first_element_as_pytorch()
 def test_kernels_setting_is_checked_and_auto_means_gemm_on_cpu():
     assert gemm_ops.use_gemm_kernels("auto") == (jax.default_backend() == "cpu")
     assert gemm_ops.use_gemm_kernels("gemm") and not gemm_ops.use_gemm_kernels("xla")
-    with pytest.raises(ValueError, match="model.kernels"):
+    with pytest.raises(ValueError, match=r"model\.kernels"):
         gemm_ops.use_gemm_kernels("fast")
     assert load_config(None, ["model.kernels=xla"]).model.kernels == "xla"

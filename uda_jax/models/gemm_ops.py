@@ -9,8 +9,10 @@ gradients XLA's CPU backend runs fast:
 * :func:`conv_general_dilated`: the forward pass is ``lax.conv_general_dilated``; a
   ``custom_jvp`` writes the kernel's tangent as one matrix product with the input's patches
   (im2col), so its transpose, the kernel gradient, is one matrix product too. The input's
-  tangent stays a convolution. The rule calls the function itself for its primal output, so
-  every order of differentiation (``jax.grad`` of ``jax.grad``, ``jax.jvp``) is exact.
+  tangent stays XLA's convolution, except for strided convolutions and windows wider than
+  their output, whose XLA input gradient takes a slow generic path on CPU: those use im2col as
+  well. The rule calls the function itself for its primal output, so every order of
+  differentiation (``jax.grad`` of ``jax.grad``, ``jax.jvp``) is exact.
 * :func:`max_pool`: the window's maximum through a one-hot mask of its first maximal element
   (PyTorch's and XLA's choice on ties), so the gradient is elementwise, with no scatter.
 
