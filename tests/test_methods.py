@@ -156,8 +156,10 @@ def test_rolled_step_c_loop_trains_as_the_unrolled_one():
     results = []
     for unroll in ("true", "false"):
         module, ctx, state, batch = _setup("cgdm", "method.num_k=3", f"method.unroll_c={unroll}")
-        step = jax.jit(lambda s, b, k, ctx=ctx, module=module: module.train_step(s, b, k, ctx=ctx))
-        results.append(step(state, batch, jax.random.key(3)))
+        step = lambda s, b, k, ctx=ctx, module=module: module.train_step(s, b, k, ctx=ctx)
+        jaxpr = str(jax.make_jaxpr(step)(state, batch, jax.random.key(3)))
+        assert f"unroll={3 if unroll == 'true' else 1}" in jaxpr  # the setting reaches the scan
+        results.append(jax.jit(step)(state, batch, jax.random.key(3)))
     (unrolled, m_unrolled), (rolled, m_rolled) = results
     assert m_rolled["train/loss_gd"] > 0  # the gradient discrepancy is in the loop body
     for a, b in zip(jax.tree.leaves(unrolled.params), jax.tree.leaves(rolled.params), strict=True):

@@ -46,16 +46,12 @@ class LeNetEncoder(nn.Module):
                 bias_init=torch_bias_init(fan_in),
                 dtype=compute_dtype(self.dtype),
                 param_dtype=jnp.float32,
-                conv_general_dilated=gemm_ops.conv_general_dilated if self.gemm_kernels else None,
+                conv_general_dilated=gemm_ops.conv_for(self.gemm_kernels),
                 name=f"conv{index}",
             )(x)
             x = BatchNorm(
                 self.bn_momentum, self.bn_epsilon, self.unbiased_running_var, name=f"bn{index}"
             )(x, train=train)
-            x = nn.relu(x)
-            if self.gemm_kernels:
-                x = gemm_ops.max_pool(x, (2, 2), (2, 2))
-            else:
-                x = nn.max_pool(x, (2, 2), strides=(2, 2))
+            x = gemm_ops.max_pool_for(self.gemm_kernels)(nn.relu(x), (2, 2), (2, 2))
         x = jnp.transpose(x, (0, 3, 1, 2))  # NHWC → NCHW before flattening, as PyTorch does
         return x.reshape(x.shape[0], -1)

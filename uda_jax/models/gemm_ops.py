@@ -28,6 +28,7 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+from flax import linen as nn
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
@@ -40,6 +41,16 @@ def use_gemm_kernels(kernels: str) -> bool:
     if kernels not in KERNELS:
         raise ValueError(f"model.kernels must be one of {KERNELS}, got {kernels!r}")
     return kernels == "gemm" or (kernels == "auto" and jax.default_backend() == "cpu")
+
+
+def conv_for(gemm_kernels: bool):
+    """The ``conv_general_dilated`` argument of ``nn.Conv``: this module's, or None (lax's)."""
+    return conv_general_dilated if gemm_kernels else None
+
+
+def max_pool_for(gemm_kernels: bool):
+    """``(x, window, strides, padding) -> pooled``: this module's max-pool or ``nn.max_pool``."""
+    return max_pool if gemm_kernels else nn.max_pool
 
 
 def _pairs(padding, spatial: int) -> tuple[tuple[int, int], ...]:
@@ -84,20 +95,20 @@ def _conv_jvp(strides, padding, primals, tangents):
         flat = patches.reshape(-1, kh * kw * cin)  # the kernel's (i, j, c) order
         return jnp.dot(flat, weights.reshape(kh * kw * cin, cout)).reshape(out.shape)
 
-    tangent = jnp.zeros(out.shape, out.dtype)
+    terms = []  # the rule runs only when at least one tangent is not a symbolic zero
     if not isinstance(dkernel, SymbolicZero):
-        tangent = patch_product(x, dkernel)
+        terms.append(patch_product(x, dkernel))
     if not isinstance(dx, SymbolicZero):  # an image input has no tangent: skip it
         # XLA's input gradient of a strided convolution (an input-dilated convolution) and of
         # a window wider than its output run on a slow generic path on CPU; as im2col their
         # transpose is a matrix product and (strided) pads. Otherwise XLA's own is faster.
         if strides != (1, 1) or min(out.shape[1:3]) < max(kh, kw):
-            tangent = tangent + patch_product(dx, kernel)
+            terms.append(patch_product(dx, kernel))
         else:
-            tangent = tangent + lax.conv_general_dilated(
-                dx, kernel, strides, padding, dimension_numbers=NHWC
+            terms.append(
+                lax.conv_general_dilated(dx, kernel, strides, padding, dimension_numbers=NHWC)
             )
-    return out, tangent
+    return out, sum(terms[1:], terms[0])
 
 
 _conv.defjvp(_conv_jvp, symbolic_zeros=True)
@@ -116,12 +127,14 @@ def conv_general_dilated(
     **kwargs,
 ) -> jax.Array:
     """``lax.conv_general_dilated`` for 2-D NHWC/HWIO convolutions with its kernel gradient as
-    one matrix product; other forms (dilation, groups, other layouts) go to lax unchanged."""
+    one matrix product; other forms (dilation, groups, other layouts, an explicit precision) go
+    to lax unchanged."""
     plain = (
         lhs.ndim == 4
         and all(d == 1 for d in (lhs_dilation or (1, 1)))
         and all(d == 1 for d in (rhs_dilation or (1, 1)))
         and feature_group_count == 1
+        and precision is None
         and _is_nhwc(dimension_numbers)
         and not kwargs
     )

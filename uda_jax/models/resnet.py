@@ -59,7 +59,7 @@ class _Bn(nn.Module):
             kernel_init=CONV_INIT,
             dtype=compute_dtype(self.dtype),
             param_dtype=jnp.float32,
-            conv_general_dilated=gemm_ops.conv_general_dilated if self.gemm_kernels else None,
+            conv_general_dilated=gemm_ops.conv_for(self.gemm_kernels),
             name=name,
         )
 
@@ -118,8 +118,8 @@ class ResNet(_Bn):
         kind, blocks = ARCHITECTURES[f"resnet{self.depth}"]
         block_cls = BasicBlock if kind == "basic" else BottleneckBlock
         x = nn.relu(self.bn("bn1")(self.conv(64, 7, 2, "conv1")(x), train=train))
-        pool = gemm_ops.max_pool if self.gemm_kernels else nn.max_pool
-        x = pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        pool = gemm_ops.max_pool_for(self.gemm_kernels)
+        x = pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
         settings = dict(
             bn_momentum=self.bn_momentum,
             bn_epsilon=self.bn_epsilon,
