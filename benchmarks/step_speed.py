@@ -1,14 +1,26 @@
 """uda-jax vs PyTorch: median time and peak memory of one CGDM and one GVB-GD + MetaAlign
-iteration on the same CPU, in one process, on the same batches.
+iteration on the same CPU or GPU, in one process, on the same batches.
 
     python benchmarks/step_speed.py --iterations 20 --warmup 3 --networks digits resnet50
+    python benchmarks/step_speed.py --device gpu --resnet-batch 0 --resnet-size 224 \
+        --peak-tflops 494.7          # H100 SXM dense TF32: the MFU column
 
-JAX side: the library's own compiled steps (``make_step_fn``) built from the digits configs,
-batches from ``DomainPairStream``; CGDM with ``method.warmup_steps=0`` and clustered
+JAX side: the library's own jitted loop steps (``compile_loop_step``, one per MetaAlign role,
+chosen per iteration as ``make_step_fn`` chooses them), lowered and compiled once for timing,
+memory and FLOP count, built from the digits configs; batches from ``DomainPairStream``, placed
+on the device beforehand as PyTorch's are. CGDM with ``method.warmup_steps=0`` and clustered
 pseudo-labels, so L^W and the double-backprop L_GD are on. PyTorch side:
-``benchmarks/torch_reference`` (the reference code's sub-steps and optimizers). Both float32,
-same thread count, evaluation and pseudo-labelling excluded, compile/warm-up iterations
-excluded, median over the timed iterations.
+``benchmarks/torch_reference`` (the reference code's sub-steps and optimizers). Both float32
+with each framework's default matmul/convolution precision (on an Ampere-or-newer GPU that is
+TF32 convolutions in both, TF32 dots in JAX, full float32 dots in PyTorch), same thread count on
+CPU, evaluation and pseudo-labelling excluded, compile/warm-up iterations excluded, median over
+the timed iterations; on a GPU each iteration is timed to its last kernel's end (JAX
+``block_until_ready``, ``torch.cuda.synchronize``).
+
+FLOPs: XLA's cost analysis of the lowered (unoptimised) step, so the count is the model's
+arithmetic (every forward, backward and double-backward pass), not the compiler's rewrites; for
+MetaAlign the mean of its two roles. ``--peak-tflops`` turns the achieved rate into model FLOP
+utilisation (MFU).
 
 Peak memory. JAX: the compiled step's ``memory_analysis()``, arguments (state + batch) + XLA
 temporaries + outputs not aliased to donated inputs. PyTorch: the bytes of the persistent state
@@ -58,8 +70,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=os.cpu_count() or 1,
         help="torch threads and XLA intra-op threads (default: all CPUs)",
     )
-    parser.add_argument("--resnet-batch", type=int, default=4, help="per domain, ResNet-50")
+    parser.add_argument(
+        "--resnet-batch",
+        type=int,
+        default=4,
+        help="per domain, ResNet-50; 0 = the config's (reference) batch: CGDM 32, MetaAlign 24",
+    )
     parser.add_argument("--resnet-size", type=int, default=64, help="image side, ResNet-50")
+    parser.add_argument(
+        "--device",
+        choices=["auto", "cpu", "gpu"],
+        default="auto",
+        help="where both frameworks run (auto: a GPU when JAX and PyTorch both see one)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="jax_overrides",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config overrides for the JAX cells, after the cell's own (e.g. precision=bf16, "
+        "method.unroll_c=true); the PyTorch side stays float32",
+    )
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="the device's peak rate for the MFU column (e.g. 494.7: H100 SXM dense TF32)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/step_speed.md")
     return parser.parse_args(argv)
 
@@ -73,12 +111,13 @@ def cell_overrides(network: str, method: str, args: argparse.Namespace) -> list[
         overrides += [
             "model.backbone=resnet50",
             f"data.image_size={args.resnet_size}",
-            f"data.batch_size={args.resnet_batch}",
         ]
+        if args.resnet_batch:
+            overrides.append(f"data.batch_size={args.resnet_batch}")
         if method == "cgdm":  # ResBottle's Linear(2048 → 256); GVB-GD has no bottleneck (§2.5)
             # step C as one loop body: unrolled, the ResNet-50 step took > 15 min to compile
             overrides += ["model.bottleneck_dim=256", "method.unroll_c=false"]
-    return overrides
+    return overrides + list(args.jax_overrides)
 
 
 def _to_rgb(domain):
@@ -92,16 +131,20 @@ def _to_rgb(domain):
 
 
 class JaxCell:
-    """The library's experiment, state, compiled step and batch stream for one cell."""
+    """The library's experiment, state, compiled step(s) and batches for one cell."""
 
     def __init__(self, method: str, overrides: list[str], rgb: bool = False) -> None:
+        import functools
+
         import jax
 
         from uda_jax.config import load_config
         from uda_jax.data.pipeline import DomainPairStream
         from uda_jax.evaluation import make_predict_fn
-        from uda_jax.experiment import build_experiment, create_train_state, make_step_fn
+        from uda_jax.experiment import build_experiment, create_train_state
         from uda_jax.loop_eval import refresh_pseudo_labels
+        from uda_jax.methods import metaalign
+        from uda_jax.methods.base import compile_loop_step
 
         self.config = load_config(ROOT / "configs" / f"{CONFIGS[method]}.yaml", overrides)
         self.experiment = build_experiment(self.config)
@@ -115,11 +158,28 @@ class JaxCell:
         if self.experiment.method.USES_PSEUDO_LABELS:  # the loop's refresh at step 0 (excluded)
             predict_fn = make_predict_fn(self.experiment.ctx.network)
             self.state = refresh_pseudo_labels(self.experiment, self.state, predict_fn)
-        self.step_fn = make_step_fn(self.experiment)
-        self.stream = DomainPairStream(
+        stream = DomainPairStream(
             self.experiment.source, self.experiment.target, self.config.data.batch_size, 0
         )
-        self.batches = [next(self.stream) for _ in range(8)]  # shared with PyTorch
+        self.host_batches = [next(stream) for _ in range(8)]  # shared with PyTorch
+        self.batches = [jax.device_put(b) for b in self.host_batches]  # on the device, as torch's
+        # the functions make_step_fn compiles: one, or one per MetaAlign role, chosen by step
+        ctx = self.experiment.ctx
+        if ctx.metaalign:
+            roles = {
+                flag: functools.partial(metaalign.branch_step, align_first=flag)
+                for flag in (False, True)
+            }
+            self.role = lambda step: bool(metaalign.align_first_now(step, ctx.metaalign))
+        else:
+            roles = {None: self.experiment.method.train_step}
+            self.role = lambda step: None
+        lowered = {
+            k: compile_loop_step(fn, ctx).lower(self.state, self.batches[0])
+            for k, fn in roles.items()
+        }
+        self.compiled = {k: lo.compile() for k, lo in lowered.items()}
+        self.flops = [model_flops(fn, ctx, self.state, self.batches[0]) for fn in roles.values()]
         self.step = 0
         self._jax = jax
 
@@ -130,39 +190,59 @@ class JaxCell:
     def run(self, i: int) -> float:
         """One iteration, blocked until done; its wall time in seconds."""
         start = time.perf_counter()
-        self.state, _ = self.step_fn(self.state, self.batch(i), self.step)
+        step_fn = self.compiled[self.role(self.step)]
+        self.state, _ = step_fn(self.state, self.batch(i))
         self._jax.block_until_ready(self.state)
         self.step += 1
         return time.perf_counter() - start
 
+    def flops_per_iteration(self) -> float | None:
+        """The mean model FLOPs of one iteration over the roles, None if XLA gives no count."""
+        return None if None in self.flops else sum(self.flops) / len(self.flops)
+
     def peak_bytes(self) -> int:
-        """The largest ``memory_analysis()`` total over the step's compiled functions (built as
-        ``make_step_fn`` builds them: one, or one per MetaAlign role)."""
-        import functools
-
-        from uda_jax.methods import metaalign
-        from uda_jax.methods.base import compile_loop_step
-
-        ctx = self.experiment.ctx
-        if ctx.metaalign:
-            fns = [
-                compile_loop_step(functools.partial(metaalign.branch_step, align_first=f), ctx)
-                for f in (False, True)
-            ]
-        else:
-            fns = [compile_loop_step(self.experiment.method.train_step, ctx)]
+        """The largest ``memory_analysis()`` total over the compiled step functions: arguments
+        (state + batch) + XLA temporaries + outputs not aliased to donated inputs."""
         peaks = []
-        for fn in fns:
-            m = fn.lower(self.state, self.batch(0)).compile().memory_analysis()
+        for fn in self.compiled.values():
+            m = fn.memory_analysis()
             outputs = m.output_size_in_bytes - m.alias_size_in_bytes
             peaks.append(m.argument_size_in_bytes + m.temp_size_in_bytes + outputs)
         return max(peaks)
 
 
+def model_flops(train_step, ctx, state, batch) -> float | None:
+    """XLA's FLOP count of one loop step, None where XLA gives none.
+
+    Counted on the step lowered for the CPU from abstract shapes, before optimisation: every
+    forward, backward and double-backward pass as the step writes them, whatever device runs it
+    (the GPU plugin cannot analyse that stage, and its optimised module hides the cuDNN
+    convolutions from the count). Step C is unrolled for the count: XLA counts a loop body once.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from uda_jax.methods.base import compile_loop_step
+
+    ctx = dataclasses.replace(ctx, method=dataclasses.replace(ctx.method, unroll_c=True))
+    abstract = lambda tree: jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), tree
+    )
+    try:
+        traced = compile_loop_step(train_step, ctx).trace(abstract(state), abstract(batch))
+        cost = traced.lower(lowering_platforms=("cpu",)).cost_analysis()
+    except Exception:  # not every JAX version offers cross-platform lowering or the analysis
+        return None
+    if isinstance(cost, list | tuple):  # older JAX: one dict per computation
+        cost = cost[0] if cost else None
+    flops = cost.get("flops") if isinstance(cost, dict) else None
+    return float(flops) if flops else None
+
+
 class TorchCell:
     """The PyTorch iteration of one cell on the JAX cell's batches."""
 
-    def __init__(self, method: str, jax_cell: JaxCell) -> None:
+    def __init__(self, method: str, jax_cell: JaxCell, device: str = "cpu") -> None:
         import numpy as np
         import torch
 
@@ -193,7 +273,7 @@ class TorchCell:
                 gd_weight=m.gd_weight,
                 discrepancy_weight=m.discrepancy_weight,
             )
-            self.iteration = cgdm.CGDMIteration(settings)
+            self.iteration = cgdm.CGDMIteration(settings, device=device)
         else:
             settings = metaalign.MetaAlignSettings(
                 **common,
@@ -209,18 +289,20 @@ class TorchCell:
                 power=o.schedule_power,
                 max_iter=m.grl_max_iter,
             )
-            self.iteration = metaalign.MetaAlignIteration(settings)
+            self.iteration = metaalign.MetaAlignIteration(settings, device=device)
         pseudo = np.asarray(jax_cell.state.pseudo_labels)
-        nchw = lambda a: torch.from_numpy(np.ascontiguousarray(np.transpose(a, (0, 3, 1, 2))))
+        nchw = lambda a: np.ascontiguousarray(np.transpose(a, (0, 3, 1, 2)))
+        on_device = lambda a: torch.from_numpy(a).to(device)
         self.batches = [
             (
-                nchw(b["source_image"]),
-                torch.from_numpy(b["source_label"]).long(),
-                nchw(b["target_image"]),
-                torch.from_numpy(pseudo[b["target_index"]]).long(),
+                on_device(nchw(b["source_image"])),
+                on_device(b["source_label"]).long(),
+                on_device(nchw(b["target_image"])),
+                on_device(pseudo[b["target_index"]]).long(),
             )
-            for b in jax_cell.batches
+            for b in jax_cell.host_batches
         ]
+        self.cuda = device == "cuda"
         self._torch = torch
 
     def run(self, i: int) -> float:
@@ -231,11 +313,19 @@ class TorchCell:
             self.iteration.step(xs, ys, xt, yt)
         else:
             self.iteration.step(xs, ys, xt)
+        if self.cuda:
+            self._torch.cuda.synchronize()
         return time.perf_counter() - start
 
     def peak_bytes(self, i: int) -> int:
-        """Persistent state + batch bytes, plus the peak of live allocations in one iteration."""
+        """Persistent state + batch bytes, plus the peak of live allocations in one iteration
+        (on a GPU: ``torch.cuda.max_memory_allocated`` over one iteration, which holds both)."""
         from torch.profiler import ProfilerActivity, profile
+
+        if self.cuda:
+            self._torch.cuda.reset_peak_memory_stats()
+            self.run(i)
+            return self._torch.cuda.max_memory_allocated()
 
         persistent = sum(t.numel() * t.element_size() for t in self.iteration.state_tensors())
         persistent += sum(t.numel() * t.element_size() for t in self.batches[0])
@@ -266,6 +356,36 @@ def machine() -> str:
     return f"{model}, {os.cpu_count()} CPUs"
 
 
+def choose_device(requested: str) -> str:
+    """``cpu`` or ``gpu`` for both frameworks; sets JAX's platform before JAX is imported."""
+    import torch
+
+    if requested == "auto":
+        requested = "gpu" if torch.cuda.is_available() else "cpu"
+    if requested == "gpu" and not torch.cuda.is_available():
+        raise SystemExit("step_speed: --device gpu, but PyTorch sees no CUDA device")
+    if requested == "cpu":
+        os.environ["JAX_PLATFORMS"] = "cpu"
+    else:  # one process holds both frameworks: JAX preallocates 45 %, PyTorch takes the rest
+        os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.45")
+    return requested
+
+
+def describe_device(device: str) -> str:
+    """The CPU (model, count) and, on a GPU, its name and the frameworks' precision flags."""
+    if device == "cpu":
+        return machine()
+    import jax
+    import torch
+
+    return (
+        f"{torch.cuda.get_device_name()} (JAX: {jax.devices()[0].device_kind}); host "
+        f"{machine()}; PyTorch TF32: cudnn {torch.backends.cudnn.allow_tf32}, matmul "
+        f"{torch.backends.cuda.matmul.allow_tf32}; cudnn.benchmark "
+        f"{torch.backends.cudnn.benchmark}"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Runs the cells and writes the table."""
     args = parse_args(argv)
@@ -273,7 +393,8 @@ def main(argv: list[str] | None = None) -> int:
     if importlib.util.find_spec("torch") is None:
         print("step_speed: PyTorch is not installed (pip install torch); nothing measured.")
         return 2
-    if args.threads < (os.cpu_count() or 1):  # XLA's CPU client uses every core by default
+    device = choose_device(args.device)
+    if device == "cpu" and args.threads < (os.cpu_count() or 1):  # XLA CPU uses every core
         os.environ["XLA_FLAGS"] = (
             os.environ.get("XLA_FLAGS", "")
             + f" --xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads={args.threads}"
@@ -282,13 +403,17 @@ def main(argv: list[str] | None = None) -> int:
     import jax
     import torch
 
+    if jax.default_backend() != device:
+        raise SystemExit(f"step_speed: --device {device}, but JAX runs on {jax.default_backend()}")
     torch.set_num_threads(args.threads)
+    torch_device = "cuda" if device == "gpu" else "cpu"
+    mfu = " | MFU" if args.peak_tflops else ""
     header = (
         "| network | method | batch | repeat | JAX ms | PyTorch ms | speed-up (PyTorch/JAX) "
-        "| JAX peak MB | PyTorch peak MB |"
+        f"| JAX peak MB | PyTorch peak MB | GFLOP/iter | JAX TFLOP/s{mfu} |"
     )
-    rows = [header, "|---|---|---|---|---|---|---|---|---|"]
-    print(f"torch threads {torch.get_num_threads()}, {machine()}", flush=True)
+    rows = [header, "|---" * header.count(" | ") + "|---|"]
+    print(f"torch threads {torch.get_num_threads()}, {describe_device(device)}", flush=True)
     print("\n".join(rows), flush=True)
     notes = []
     for network in args.networks:
@@ -302,41 +427,52 @@ def main(argv: list[str] | None = None) -> int:
         for method in args.methods:
             rgb = network == "resnet50"
             jax_cell = JaxCell(method, cell_overrides(network, method, args), rgb=rgb)
-            torch_cell = TorchCell(method, jax_cell)
+            torch_cell = TorchCell(method, jax_cell, torch_device)
             iterations = args.iterations
             if network == "resnet50" and args.resnet_iterations:
                 iterations = args.resnet_iterations
-            warmup = max(args.warmup, 2)  # JAX compiles at steps 0 (and 1 for MetaAlign)
+            warmup = max(args.warmup, 2)  # MetaAlign alternates two compiled roles
             runs = {"jax": jax_cell.run, "torch": torch_cell.run}
             for run in runs.values():
                 for i in range(warmup):
                     run(i)
             jax_mb = jax_cell.peak_bytes() / MB
             torch_mb = torch_cell.peak_bytes(warmup) / MB
+            flops = jax_cell.flops_per_iteration()
             b = jax_cell.config.data.batch_size
             shape = "×".join(str(s) for s in jax_cell.experiment.source.image_shape)
             for repeat in range(args.repeats):
                 offset = warmup + 1 + repeat * iterations
                 jax_ms, torch_ms = (median_ms(run, offset, iterations) for run in runs.values())
+                rate = flops / jax_ms / 1e9 if flops else None  # TFLOP/s
+                rate_cells = f"| {flops / 1e9:.1f} | {rate:.3g} |" if rate else "| – | – |"
+                if args.peak_tflops:
+                    rate_cells += f" {100 * rate / args.peak_tflops:.1f} % |" if rate else " – |"
                 rows.append(
                     f"| {network} | {method} | {b}+{b} ({shape}) | {repeat + 1} | {jax_ms:.1f} "
-                    f"| {torch_ms:.1f} | {torch_ms / jax_ms:.2f}× | {jax_mb:.1f} | {torch_mb:.1f} |"
+                    f"| {torch_ms:.1f} | {torch_ms / jax_ms:.2f}× | {jax_mb:.1f} | {torch_mb:.1f} "
+                    + rate_cells
                 )
                 print(rows[-1], flush=True)
     command = "python benchmarks/step_speed.py " + " ".join(
         argv if argv is not None else sys.argv[1:]
     )
+    threads = (
+        f"{args.threads} threads for both (torch.set_num_threads; XLA's CPU client)"
+        if device == "cpu"
+        else "one GPU for both (in one process)"
+    )
     report = [
-        f"Measured {time.strftime('%Y-%m-%d %H:%M')} on {machine()}; 1-minute load average "
-        f"{load_before:.2f} before and {os.getloadavg()[0]:.2f} after the run.",
+        f"Measured {time.strftime('%Y-%m-%d %H:%M')} on {describe_device(device)}; 1-minute "
+        f"load average {load_before:.2f} before and {os.getloadavg()[0]:.2f} after the run.",
         f"Versions: Python {platform.python_version()}, JAX {jax.__version__}, "
-        f"PyTorch {torch.__version__}; {args.threads} threads for both (torch.set_num_threads; "
-        "XLA's CPU client), float32 both.",
+        f"PyTorch {torch.__version__}; {threads}, float32 both.",
         f"Command: `{command.strip()}`. Per cell: {max(args.warmup, 2)} untimed iterations "
-        "per framework (JAX compilation among them) and one profiled for memory, then "
+        "per framework (after JAX's compilation) and one for memory, then "
         f"{args.repeats} repeats of [JAX block, PyTorch block], each the median of "
         f"{args.iterations} iterations ({args.resnet_iterations or args.iterations} for "
-        "ResNet-50).",
+        "ResNet-50). GFLOP/iter: XLA's count for the lowered JAX step (the PyTorch iteration "
+        "does the same passes).",
         "",
         *rows,
         "",

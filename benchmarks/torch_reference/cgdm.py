@@ -96,13 +96,15 @@ def gradient_discrepancy(
 class CGDMIteration:
     """The networks, the two optimizers and :meth:`step` (one full iteration)."""
 
-    def __init__(self, settings: CGDMSettings, seed: int = 0) -> None:
+    def __init__(self, settings: CGDMSettings, seed: int = 0, device: str = "cpu") -> None:
         torch.manual_seed(seed)
         self.s = settings
         trunk, dim = backbone(settings.backbone, settings.in_channels)
-        self.g = Generator(trunk, dim, settings.bottleneck_dim)
+        self.g = Generator(trunk, dim, settings.bottleneck_dim).to(device)
         self.f = {
-            n: ResClassifier(self.g.dim, settings.widths, settings.num_classes, settings.dropout)
+            n: ResClassifier(
+                self.g.dim, settings.widths, settings.num_classes, settings.dropout
+            ).to(device)
             for n in ("f1", "f2")
         }
         for module in (self.g, *self.f.values()):

@@ -71,7 +71,8 @@ def gvb_transfer(d_logit: torch.Tensor, p: torch.Tensor, b: int, coeff: float) -
     ws, wt = w[:b], w[b:]
     w = torch.cat([ws / ws.sum().detach(), wt / wt.sum().detach()])
     q = torch.sigmoid(d_logit)
-    y = torch.cat([torch.ones(b), torch.zeros(d_logit.shape[0] - b)])
+    n, device = d_logit.shape[0], d_logit.device
+    y = torch.cat([torch.ones(b, device=device), torch.zeros(n - b, device=device)])
     bce = -(y * torch.log(q + BCE_EPS) + (1 - y) * torch.log(1 - q + BCE_EPS))
     return 0.5 * (w * bce).sum()
 
@@ -79,12 +80,14 @@ def gvb_transfer(d_logit: torch.Tensor, p: torch.Tensor, b: int, coeff: float) -
 class MetaAlignIteration:
     """Base network (G + bridged head), discriminator, optimizer and :meth:`step`."""
 
-    def __init__(self, settings: MetaAlignSettings, seed: int = 0) -> None:
+    def __init__(self, settings: MetaAlignSettings, seed: int = 0, device: str = "cpu") -> None:
         torch.manual_seed(seed)
         self.s = settings
         trunk, dim = backbone(settings.backbone, settings.in_channels)
-        self.net = GVBNet(Generator(trunk, dim, settings.bottleneck_dim), settings.num_classes)
+        generator = Generator(trunk, dim, settings.bottleneck_dim)
+        self.net = GVBNet(generator, settings.num_classes).to(device)
         self.d = AdversarialNetwork(settings.num_classes, settings.hidden, settings.dropout)
+        self.d = self.d.to(device)
         self.net.train()
         self.d.train()
         self.base = dict(self.net.named_parameters())
