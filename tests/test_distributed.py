@@ -7,6 +7,7 @@ global batches (tests/distributed_check.py). The final parameters must agree.
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -157,3 +158,135 @@ def test_one_process_holds_all_rows():
     assert all(np.array_equal(share[k], batch[k]) for k in batch)
     with pytest.raises(UserError, match="different numbers of rows"):
         host_share({"x": np.arange(8), "y": np.arange(4)}, mesh)
+
+
+# ---- the command line over two processes: evaluation, pseudo-labels, plots, SIGTERM, resume ----
+
+CLI_STEPS = 12
+CLI_RUN = [
+    f"steps={CLI_STEPS}",
+    "log_every=2",
+    "eval_every=6",
+    "checkpoint.every=0",
+    "method.num_k=1",
+    "method.warmup_steps=0",
+    "method.pseudo_interval=6",
+    "model.classifier_widths=[32,32]",
+    "data.batch_size=8",
+    "progress=false",
+    "tensorboard=false",
+]
+
+
+def _cli(
+    run_dir: Path, log: Path, process_id: int | None, address: str, *extra: str
+) -> subprocess.Popen:
+    """``python -m uda_jax.train`` as one of two processes (2 CPU devices each), or alone on 1
+    device when ``process_id`` is None."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+    env.pop("XLA_FLAGS", None)
+    args = [*CLI_RUN, *extra, f"run_dir={run_dir}"]
+    if process_id is not None:
+        env.update(
+            XLA_FLAGS="--xla_force_host_platform_device_count=2",
+            JAX_COORDINATOR_ADDRESS=address,
+            JAX_NUM_PROCESSES="2",
+            JAX_PROCESS_ID=str(process_id),
+        )
+        args.append("distributed=true")
+    with log.open("w") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "uda_jax.train", *args],
+            env=env,
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def _wait(procs: list[subprocess.Popen], logs: list[Path], until=None) -> None:
+    """Waits until every process ended or ``until()`` holds; kills all and fails if one fails
+    first (a process whose peer died would wait for it) or time runs out."""
+    deadline = time.monotonic() + TIMEOUT_S
+    try:
+        while time.monotonic() < deadline:
+            if until is not None and until():
+                return
+            codes = [p.poll() for p in procs]
+            if until is None and None not in codes:
+                return
+            failed = [c for c in codes if c is not None and (c != 0 or until is not None)]
+            if failed:
+                break
+            time.sleep(0.05)
+    except BaseException:
+        for p in procs:
+            p.kill()
+        raise
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    logs_text = "\n\n".join(f"{log.name}:\n{log.read_text()[-2500:]}" for log in logs)
+    pytest.fail(f"the processes did not get there in time or one failed:\n{logs_text}")
+
+
+def _records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_two_process_command_line_stops_together_on_one_sigterm_resumes_and_matches_one(
+    tmp_path,
+):
+    """The whole CLI (pseudo-label refreshes, evaluation, checkpoints, plots) on two processes:
+    SIGTERM to process 1 alone stops both at the next log step with one checkpoint; the same
+    commands resume; the run then matches one process on one device."""
+    multi, single = tmp_path / "multi", tmp_path / "single"
+    logs = [tmp_path / f"{name}.log" for name in ("p0", "p1", "single", "p0b", "p1b")]
+    address = f"127.0.0.1:{_free_port()}"
+    alone = _cli(single, logs[2], None, address, "plots=false")
+    procs = [_cli(multi, logs[i], i, address) for i in range(2)]
+
+    def logged_step_2() -> bool:
+        path = multi / "metrics.jsonl"
+        text = path.read_text() if path.exists() else ""
+        lines = [line for line in text.splitlines() if line.endswith("}")]
+        return any(json.loads(line)["step"] >= 2 for line in lines)
+
+    _wait(procs, logs[:2], until=logged_step_2)
+    procs[1].send_signal(signal.SIGTERM)
+    for p in procs:  # both must stop, not only the one that got the signal
+        p.wait(timeout=TIMEOUT_S)
+    outputs = [log.read_text() for log in logs[:2]]
+    for p, out in zip(procs, outputs, strict=True):
+        assert p.returncode == 128 + signal.SIGTERM, out[-2500:]
+        assert "checkpoint saved" in out and "Traceback" not in out
+    assert "SIGTERM (received by another process) at step" in outputs[0]
+    stopped = {int(out.split(" at step ")[1].split(":")[0]) for out in outputs}
+    assert len(stopped) == 1, stopped  # the same step in both
+    (step,) = stopped
+    assert step % 2 == 0 and 2 <= step < CLI_STEPS  # the first log step after the signal
+    assert sorted(int(d.name) for d in (multi / "checkpoints").iterdir() if d.name.isdigit()) == [
+        step
+    ]
+    assert not (multi / "done").exists()
+
+    address = f"127.0.0.1:{_free_port()}"
+    procs = [_cli(multi, logs[3 + i], i, address) for i in range(2)]
+    _wait([*procs, alone], [logs[3], logs[4], logs[2]])
+    assert f"resumed from the checkpoint of step {step}" in logs[3].read_text()
+
+    for name in ("done", "results.json", "curves.png", "features_tsne.png"):
+        assert (multi / name).exists(), name
+    results = json.loads((multi / "results.json").read_text())
+    assert results["processes"]["process_count"] == 2 and results["resumed_from_step"] == step
+    expected = json.loads((single / "results.json").read_text())
+    assert results["target_accuracy"] == pytest.approx(expected["target_accuracy"], abs=0.01)
+    mine, theirs = _records(multi), _records(single)
+    assert [sorted(r) for r in mine] == [sorted(r) for r in theirs]
+    for a, b in zip(mine, theirs, strict=True):
+        assert a["step"] == b["step"]
+        for key in a:
+            tol = 0.01 if "accuracy" in key else 1e-4  # an accuracy may flip one test image
+            assert a[key] == pytest.approx(b[key], rel=tol, abs=tol), (a["step"], key)

@@ -3,6 +3,12 @@
 Schedulers send SIGTERM before they kill a job; the training loop checks
 :attr:`StopSignals.received` after every step, saves a checkpoint and raises
 :class:`Interrupted`. A second signal stops at once (the default behaviour).
+
+With several processes (``jax.distributed``) a signal may reach only some of them, and the
+checkpoint is a collective every process must join. The processes therefore agree at every
+``log_every`` step (:func:`signal_in_any_process`, one tiny all-gather, where the loop already
+waits for the step's metrics) and all stop together at the first such step after any of them
+received one.
 """
 
 from __future__ import annotations
@@ -12,14 +18,17 @@ import threading
 from pathlib import Path
 from types import FrameType
 
+import jax
+import numpy as np
+
 HANDLED = (signal.SIGINT, signal.SIGTERM)
 
 
 class Interrupted(Exception):
     """The run stopped on a signal after saving a checkpoint at ``step``."""
 
-    def __init__(self, signum: int, step: int, run_dir: Path):
-        name = signal.Signals(signum).name
+    def __init__(self, signum: int, step: int, run_dir: Path, elsewhere: bool = False):
+        name = signal.Signals(signum).name + (" (received by another process)" if elsewhere else "")
         super().__init__(
             f"{name} at step {step}: checkpoint saved in {run_dir}; "
             "run the same command again to resume"
@@ -58,3 +67,16 @@ class StopSignals:
 
     def __exit__(self, *exc_info: object) -> None:
         self._restore()
+
+
+def signal_in_any_process(received: int) -> int:
+    """The largest signal number any process has received (0: none).
+
+    With one process it is ``received``; with several it is a collective (an all-gather of one
+    integer per process), so every process must call it at the same step.
+    """
+    if jax.process_count() == 1:
+        return received
+    from jax.experimental import multihost_utils
+
+    return int(np.max(multihost_utils.process_allgather(np.int32(received))))

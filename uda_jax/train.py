@@ -28,7 +28,7 @@ from uda_jax.data.sources import pair_stream
 from uda_jax.errors import UserError
 from uda_jax.evaluation import make_predict_fn
 from uda_jax.experiment import build_experiment, create_train_state, make_step_fn
-from uda_jax.interrupts import Interrupted, StopSignals
+from uda_jax.interrupts import Interrupted, StopSignals, signal_in_any_process
 from uda_jax.loop_eval import all_finite, evaluate_target, refresh_pseudo_labels, write_plots
 from uda_jax.metrics import MetricsWriter, ProgressBar
 from uda_jax.parallel import (
@@ -77,7 +77,8 @@ def run(config: Config, run_dir: Path, mesh: Mesh | None = None) -> dict[str, An
     Raises:
       UserError: a config, data or checkpoint problem, found before anything is written.
       TrainingError: a NaN or inf loss or parameter; the last good checkpoint stays.
-      Interrupted: SIGTERM or Ctrl-C; a checkpoint of the current step was saved first.
+      Interrupted: SIGTERM or Ctrl-C; a checkpoint of the current step was saved first (with
+        several processes: of the first ``log_every`` step after any process received it).
     """
     experiment = build_experiment(config)
     mesh = mesh if mesh is not None else data_mesh()
@@ -147,13 +148,18 @@ def run(config: Config, run_dir: Path, mesh: Mesh | None = None) -> dict[str, An
                 writer.write(done, eval_metrics)
                 accuracy = eval_metrics["eval/target_accuracy"]
                 progress.note(f"step {done}: target accuracy {accuracy:.4f}")
+            stop = 0
+            if jax.process_count() == 1:
+                stop = signals.received
+            elif done % config.log_every == 0 and done < config.steps:  # all processes agree
+                stop = signal_in_any_process(signals.received)
             every = config.checkpoint.every
-            if done == config.steps or (every and done % every == 0) or signals.received:
+            if done == config.steps or (every and done % every == 0) or stop:
                 with _Stopwatch(state) as watch:
                     save(done, metrics)
                 excluded += watch.seconds
-            if signals.received and done < config.steps:
-                raise Interrupted(signals.received, done, run_dir)
+            if stop and done < config.steps:
+                raise Interrupted(stop, done, run_dir, elsewhere=not signals.received)
     jax.block_until_ready(state.step)
     timed_steps = config.steps - compiled_at
     steps_per_s = None
