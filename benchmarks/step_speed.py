@@ -17,10 +17,10 @@ CPU, evaluation and pseudo-labelling excluded, compile/warm-up iterations exclud
 the timed iterations; on a GPU each iteration is timed to its last kernel's end (JAX
 ``block_until_ready``, ``torch.cuda.synchronize``).
 
-FLOPs: XLA's cost analysis of the lowered (unoptimised) step, so the count is the model's
-arithmetic (every forward, backward and double-backward pass), not the compiler's rewrites; for
-MetaAlign the mean of its two roles. ``--peak-tflops`` turns the achieved rate into model FLOP
-utilisation (MFU).
+FLOPs (:func:`model_flops`): XLA's cost analysis of the step lowered for the CPU before
+optimisation, with step C unrolled, so the count is the model's arithmetic (every forward,
+backward and double-backward pass), not the compiler's rewrites; for MetaAlign the mean of its
+two roles. ``--peak-tflops`` turns the achieved rate into model FLOP utilisation (MFU).
 
 Peak memory. JAX: the compiled step's ``memory_analysis()``, arguments (state + batch) + XLA
 temporaries + outputs not aliased to donated inputs. PyTorch: the bytes of the persistent state

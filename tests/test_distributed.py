@@ -204,31 +204,28 @@ def _cli(
         )
 
 
-def _wait(procs: list[subprocess.Popen], logs: list[Path], until=None) -> None:
-    """Waits until every process ended or ``until()`` holds; kills all and fails if one fails
-    first (a process whose peer died would wait for it) or time runs out."""
+def _wait(procs: list[subprocess.Popen], logs: list[Path], until, bad) -> None:
+    """Polls until ``until()`` holds; fails with the logs' ends if ``bad(exit codes)`` holds
+    first (None: still running) or time runs out."""
     deadline = time.monotonic() + TIMEOUT_S
-    try:
-        while time.monotonic() < deadline:
-            if until is not None and until():
-                return
-            codes = [p.poll() for p in procs]
-            if until is None and None not in codes:
-                return
-            failed = [c for c in codes if c is not None and (c != 0 or until is not None)]
-            if failed:
-                break
-            time.sleep(0.05)
-    except BaseException:
-        for p in procs:
-            p.kill()
-        raise
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
+    while time.monotonic() < deadline:
+        if bad([p.poll() for p in procs]):
+            break
+        if until():
+            return
+        time.sleep(0.05)
     logs_text = "\n\n".join(f"{log.name}:\n{log.read_text()[-2500:]}" for log in logs)
     pytest.fail(f"the processes did not get there in time or one failed:\n{logs_text}")
+
+
+def _ended(procs: list[subprocess.Popen]):
+    """``until`` for :func:`_wait`: every process has exited."""
+    return lambda: all(p.poll() is not None for p in procs)
+
+
+def _any_failed(codes: list[int | None]) -> bool:
+    """``bad`` for :func:`_wait`: a process exited with an error."""
+    return any(c not in (None, 0) for c in codes)
 
 
 def _records(run_dir: Path) -> list[dict]:
@@ -247,6 +244,7 @@ def test_two_process_command_line_stops_together_on_one_sigterm_resumes_and_matc
     address = f"127.0.0.1:{_free_port()}"
     alone = _cli(single, logs[2], None, address, "plots=false")
     procs = [_cli(multi, logs[i], i, address) for i in range(2)]
+    started = [alone, *procs]
 
     def logged_step_2() -> bool:
         path = multi / "metrics.jsonl"
@@ -254,27 +252,34 @@ def test_two_process_command_line_stops_together_on_one_sigterm_resumes_and_matc
         lines = [line for line in text.splitlines() if line.endswith("}")]
         return any(json.loads(line)["step"] >= 2 for line in lines)
 
-    _wait(procs, logs[:2], until=logged_step_2)
-    procs[1].send_signal(signal.SIGTERM)
-    for p in procs:  # both must stop, not only the one that got the signal
-        p.wait(timeout=TIMEOUT_S)
-    outputs = [log.read_text() for log in logs[:2]]
-    for p, out in zip(procs, outputs, strict=True):
-        assert p.returncode == 128 + signal.SIGTERM, out[-2500:]
-        assert "checkpoint saved" in out and "Traceback" not in out
-    assert "SIGTERM (received by another process) at step" in outputs[0]
-    stopped = {int(out.split(" at step ")[1].split(":")[0]) for out in outputs}
-    assert len(stopped) == 1, stopped  # the same step in both
-    (step,) = stopped
-    assert step % 2 == 0 and 2 <= step < CLI_STEPS  # the first log step after the signal
-    assert sorted(int(d.name) for d in (multi / "checkpoints").iterdir() if d.name.isdigit()) == [
-        step
-    ]
-    assert not (multi / "done").exists()
+    try:
+        # ending before the signal arrives would be a failure too
+        _wait(procs, logs[:2], logged_step_2, bad=lambda codes: codes != [None, None])
+        procs[1].send_signal(signal.SIGTERM)
+        # both must stop, not only the one that got the signal
+        _wait(procs, logs[:2], _ended(procs), bad=lambda codes: False)
+        outputs = [log.read_text() for log in logs[:2]]
+        for p, out in zip(procs, outputs, strict=True):
+            assert p.returncode == 128 + signal.SIGTERM, out[-2500:]
+            assert "checkpoint saved" in out and "Traceback" not in out
+        assert "SIGTERM (received by another process) at step" in outputs[0]
+        stopped = {int(out.split(" at step ")[1].split(":")[0]) for out in outputs}
+        assert len(stopped) == 1, stopped  # the same step in both
+        (step,) = stopped
+        assert step % 2 == 0 and 2 <= step < CLI_STEPS  # the first log step after the signal
+        saved = sorted(int(d.name) for d in (multi / "checkpoints").iterdir() if d.name.isdigit())
+        assert saved == [step] and not (multi / "done").exists()
 
-    address = f"127.0.0.1:{_free_port()}"
-    procs = [_cli(multi, logs[3 + i], i, address) for i in range(2)]
-    _wait([*procs, alone], [logs[3], logs[4], logs[2]])
+        address = f"127.0.0.1:{_free_port()}"
+        procs = [_cli(multi, logs[3 + i], i, address) for i in range(2)]
+        started += procs
+        everyone = [*procs, alone]
+        _wait(everyone, [logs[3], logs[4], logs[2]], _ended(everyone), bad=_any_failed)
+    finally:  # never leave a process behind, whatever failed
+        for p in started:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
     assert f"resumed from the checkpoint of step {step}" in logs[3].read_text()
 
     for name in ("done", "results.json", "curves.png", "features_tsne.png"):

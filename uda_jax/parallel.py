@@ -310,6 +310,21 @@ def _local_mesh_size(mesh: Mesh) -> int:
     return sum(d.process_index == me for d in mesh.devices.flat)
 
 
+def process_0_decides(flag: bool) -> bool:
+    """Process 0's ``flag`` on every process (itself with one process).
+
+    For a branch that leads into a collective (an Orbax checkpoint manager, a save): a file
+    check can come out differently in each process when another process is creating the file at
+    that moment, and processes that take different branches wait for each other forever.
+    A collective, so every process must call it at the same point.
+    """
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))
+
+
 def process_summary() -> dict[str, Any]:
     """Which process this is and what it runs on, for the run summary."""
     return {

@@ -37,6 +37,7 @@ from uda_jax.parallel import (
     host_peak_rss_bytes,
     initialize_distributed,
     peak_memory_bytes,
+    process_0_decides,
     process_summary,
     replicate,
     shard_batch,
@@ -181,7 +182,9 @@ def run(config: Config, run_dir: Path, mesh: Mesh | None = None) -> dict[str, An
 def _restore(config: Config, run_dir: Path, like: TrainState) -> Restored | None:
     """The latest checkpoint of ``run_dir`` (None for a new run), read before anything is
     written, so an unreadable checkpoint leaves the directory as it was."""
-    if not (run_dir / "checkpoints").is_dir():
+    # every process must take the same branch: creating the Checkpointer is a collective, and
+    # process 0 may be creating the directory while another process looks for it
+    if not process_0_decides((run_dir / "checkpoints").is_dir()):
         return None
     with Checkpointer(run_dir / "checkpoints", config.checkpoint) as checkpointer:
         restored = checkpointer.restore_latest(like)
