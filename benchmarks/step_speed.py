@@ -134,16 +134,13 @@ class JaxCell:
     """The library's experiment, state, compiled step(s) and batches for one cell."""
 
     def __init__(self, method: str, overrides: list[str], rgb: bool = False) -> None:
-        import functools
-
         import jax
 
         from uda_jax.config import load_config
         from uda_jax.data.pipeline import DomainPairStream
         from uda_jax.evaluation import make_predict_fn
-        from uda_jax.experiment import build_experiment, create_train_state
+        from uda_jax.experiment import build_experiment, create_train_state, step_roles
         from uda_jax.loop_eval import refresh_pseudo_labels
-        from uda_jax.methods import metaalign
         from uda_jax.methods.base import compile_loop_step
 
         self.config = load_config(ROOT / "configs" / f"{CONFIGS[method]}.yaml", overrides)
@@ -165,15 +162,7 @@ class JaxCell:
         self.batches = [jax.device_put(b) for b in self.host_batches]  # on the device, as torch's
         # the functions make_step_fn compiles: one, or one per MetaAlign role, chosen by step
         ctx = self.experiment.ctx
-        if ctx.metaalign:
-            roles = {
-                flag: functools.partial(metaalign.branch_step, align_first=flag)
-                for flag in (False, True)
-            }
-            self.role = lambda step: bool(metaalign.align_first_now(step, ctx.metaalign))
-        else:
-            roles = {None: self.experiment.method.train_step}
-            self.role = lambda step: None
+        roles, self.role = step_roles(self.experiment)
         lowered = {
             k: compile_loop_step(fn, ctx).lower(self.state, self.batches[0])
             for k, fn in roles.items()

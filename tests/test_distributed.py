@@ -37,6 +37,41 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _wait(procs: list[subprocess.Popen], logs: list[Path], until, bad) -> None:
+    """Polls until ``until()`` holds; fails with the logs' ends if ``bad(exit codes)`` holds
+    first (None: still running) or time runs out."""
+    deadline = time.monotonic() + TIMEOUT_S
+    while time.monotonic() < deadline:
+        if bad([p.poll() for p in procs]):
+            break
+        if until():
+            return
+        time.sleep(0.05)
+    logs_text = "\n\n".join(
+        f"{log.name} (exit code {p.poll()}):\n{log.read_text()[-2500:]}"
+        for p, log in zip(procs, logs, strict=True)
+    )
+    pytest.fail(f"the processes did not get there in time or one failed:\n{logs_text}")
+
+
+def _ended(procs: list[subprocess.Popen]):
+    """``until`` for :func:`_wait`: every process has exited."""
+    return lambda: all(p.poll() is not None for p in procs)
+
+
+def _any_failed(codes: list[int | None]) -> bool:
+    """``bad`` for :func:`_wait`: a process exited with an error."""
+    return any(c not in (None, 0) for c in codes)
+
+
+def _kill_all(procs: list[subprocess.Popen]) -> None:
+    """Ends every process still running (a process whose peer died waits for it forever)."""
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Output folders of the 2-process run and of the 1-process run (both run at once)."""
@@ -59,23 +94,10 @@ def runs(tmp_path_factory):
             procs.append(
                 subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
             )
-    deadline = time.monotonic() + TIMEOUT_S
-    try:  # a process whose peer died waits for it: stop all at the first failure
-        while time.monotonic() < deadline and any(p.poll() is None for p in procs):
-            if any(p.poll() not in (None, 0) for p in procs):
-                break
-            time.sleep(0.5)
+    try:  # stop all at the first failure
+        _wait(procs, logs, _ended(procs), bad=_any_failed)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    failed = [
-        f"{name} (exit code {p.returncode}):\n{log.read_text()[-2500:]}"
-        for name, p, log in zip(names, procs, logs, strict=True)
-        if p.returncode != 0
-    ]
-    assert not failed, "\n\n".join(failed)
+        _kill_all(procs)
     reports = [json.loads((multi / f"process{i}.json").read_text()) for i in range(2)]
     return multi, single, reports
 
@@ -204,30 +226,6 @@ def _cli(
         )
 
 
-def _wait(procs: list[subprocess.Popen], logs: list[Path], until, bad) -> None:
-    """Polls until ``until()`` holds; fails with the logs' ends if ``bad(exit codes)`` holds
-    first (None: still running) or time runs out."""
-    deadline = time.monotonic() + TIMEOUT_S
-    while time.monotonic() < deadline:
-        if bad([p.poll() for p in procs]):
-            break
-        if until():
-            return
-        time.sleep(0.05)
-    logs_text = "\n\n".join(f"{log.name}:\n{log.read_text()[-2500:]}" for log in logs)
-    pytest.fail(f"the processes did not get there in time or one failed:\n{logs_text}")
-
-
-def _ended(procs: list[subprocess.Popen]):
-    """``until`` for :func:`_wait`: every process has exited."""
-    return lambda: all(p.poll() is not None for p in procs)
-
-
-def _any_failed(codes: list[int | None]) -> bool:
-    """``bad`` for :func:`_wait`: a process exited with an error."""
-    return any(c not in (None, 0) for c in codes)
-
-
 def _records(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
@@ -276,10 +274,7 @@ def test_two_process_command_line_stops_together_on_one_sigterm_resumes_and_matc
         everyone = [*procs, alone]
         _wait(everyone, [logs[3], logs[4], logs[2]], _ended(everyone), bad=_any_failed)
     finally:  # never leave a process behind, whatever failed
-        for p in started:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        _kill_all(started)
     assert f"resumed from the checkpoint of step {step}" in logs[3].read_text()
 
     for name in ("done", "results.json", "curves.png", "features_tsne.png"):

@@ -121,20 +121,27 @@ def create_train_state(experiment: Experiment) -> TrainState:
     )
 
 
-def make_step_fn(experiment: Experiment):
-    """``(state, batch, step) -> (state, metrics)``: the compiled step for iteration ``step``.
+def step_roles(experiment: Experiment):
+    """``(train_steps, role_at)``: the train step function(s) the loop compiles, by role, and
+    ``role_at(step)``, the role that runs iteration ``step``.
 
-    With MetaAlign, each of its two role assignments is compiled on its own and chosen here on
-    the host (XLA on CPU runs convolutions inside ``lax.cond`` several times slower).
+    One role (``None``) for most methods. With MetaAlign, one per role assignment
+    (``align_first`` False/True), chosen on the host: XLA on CPU runs convolutions inside
+    ``lax.cond`` several times slower.
     """
     ctx = experiment.ctx
     if ctx.metaalign:
-        fns = {
-            flag: compile_loop_step(functools.partial(metaalign.branch_step, align_first=flag), ctx)
+        steps = {
+            flag: functools.partial(metaalign.branch_step, align_first=flag)
             for flag in (False, True)
         }
-        return lambda state, batch, step: fns[bool(metaalign.align_first_now(step, ctx.metaalign))](
-            state, batch
-        )
-    fn = compile_loop_step(experiment.method.train_step, ctx)
-    return lambda state, batch, step: fn(state, batch)
+        return steps, lambda step: bool(metaalign.align_first_now(step, ctx.metaalign))
+    return {None: experiment.method.train_step}, lambda step: None
+
+
+def make_step_fn(experiment: Experiment):
+    """``(state, batch, step) -> (state, metrics)``: the compiled step for iteration ``step``
+    (one compiled function per role of :func:`step_roles`)."""
+    train_steps, role_at = step_roles(experiment)
+    fns = {role: compile_loop_step(fn, experiment.ctx) for role, fn in train_steps.items()}
+    return lambda state, batch, step: fns[role_at(step)](state, batch)

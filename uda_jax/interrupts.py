@@ -6,9 +6,9 @@ Schedulers send SIGTERM before they kill a job; the training loop checks
 
 With several processes (``jax.distributed``) a signal may reach only some of them, and the
 checkpoint is a collective every process must join. The processes therefore agree at every
-``log_every`` step (:func:`signal_in_any_process`, one tiny all-gather, where the loop already
-waits for the step's metrics) and all stop together at the first such step after any of them
-received one.
+``log_every`` step (``parallel.max_over_processes`` of the signal numbers, one tiny all-gather,
+where the loop already waits for the step's metrics) and all stop together at the first such
+step after any of them received one.
 """
 
 from __future__ import annotations
@@ -17,9 +17,6 @@ import signal
 import threading
 from pathlib import Path
 from types import FrameType
-
-import jax
-import numpy as np
 
 HANDLED = (signal.SIGINT, signal.SIGTERM)
 
@@ -67,16 +64,3 @@ class StopSignals:
 
     def __exit__(self, *exc_info: object) -> None:
         self._restore()
-
-
-def signal_in_any_process(received: int) -> int:
-    """The largest signal number any process has received (0: none).
-
-    With one process it is ``received``; with several it is a collective (an all-gather of one
-    integer per process), so every process must call it at the same step.
-    """
-    if jax.process_count() == 1:
-        return received
-    from jax.experimental import multihost_utils
-
-    return int(np.max(multihost_utils.process_allgather(np.int32(received))))

@@ -310,6 +310,16 @@ def _local_mesh_size(mesh: Mesh) -> int:
     return sum(d.process_index == me for d in mesh.devices.flat)
 
 
+def max_over_processes(value: int) -> int:
+    """The largest ``value`` any process holds (itself with one process). A collective (an
+    all-gather of one integer per process), so every process must call it at the same point."""
+    if jax.process_count() == 1:
+        return value
+    from jax.experimental import multihost_utils
+
+    return int(np.max(multihost_utils.process_allgather(np.int32(value))))
+
+
 def process_0_decides(flag: bool) -> bool:
     """Process 0's ``flag`` on every process (itself with one process).
 

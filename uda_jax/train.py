@@ -28,7 +28,7 @@ from uda_jax.data.sources import pair_stream
 from uda_jax.errors import UserError
 from uda_jax.evaluation import make_predict_fn
 from uda_jax.experiment import build_experiment, create_train_state, make_step_fn
-from uda_jax.interrupts import Interrupted, StopSignals, signal_in_any_process
+from uda_jax.interrupts import Interrupted, StopSignals
 from uda_jax.loop_eval import all_finite, evaluate_target, refresh_pseudo_labels, write_plots
 from uda_jax.metrics import MetricsWriter, ProgressBar
 from uda_jax.parallel import (
@@ -36,6 +36,7 @@ from uda_jax.parallel import (
     data_mesh,
     host_peak_rss_bytes,
     initialize_distributed,
+    max_over_processes,
     peak_memory_bytes,
     process_0_decides,
     process_summary,
@@ -149,11 +150,9 @@ def run(config: Config, run_dir: Path, mesh: Mesh | None = None) -> dict[str, An
                 writer.write(done, eval_metrics)
                 accuracy = eval_metrics["eval/target_accuracy"]
                 progress.note(f"step {done}: target accuracy {accuracy:.4f}")
-            stop = 0
-            if jax.process_count() == 1:
-                stop = signals.received
-            elif done % config.log_every == 0 and done < config.steps:  # all processes agree
-                stop = signal_in_any_process(signals.received)
+            stop = 0  # the processes agree on a signal at log steps; one process checks every step
+            if jax.process_count() == 1 or (done % config.log_every == 0 and done < config.steps):
+                stop = max_over_processes(signals.received)
             every = config.checkpoint.every
             if done == config.steps or (every and done % every == 0) or stop:
                 with _Stopwatch(state) as watch:
