@@ -1,6 +1,8 @@
 """The CPU-friendly convolution and max-pool equal XLA's own ops, in value and in derivatives of
 first and second order (float64, so only the summation order may differ)."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +11,8 @@ from flax import linen as nn
 from jax import lax
 
 from uda_jax.config import load_config
-from uda_jax.models import gemm_ops
+from uda_jax.evaluation import make_predict_fn
+from uda_jax.models import build_network, gemm_ops
 
 pytestmark = pytest.mark.usefixtures("float64")
 
@@ -65,6 +68,59 @@ def test_kernel_gradient_is_a_matrix_product_not_a_convolution():
     jaxpr = str(jax.make_jaxpr(jax.grad(lambda k: jnp.sum(_gemm_conv(x, k, (1, 1), "VALID"))))(k))
     assert "dot_general" in jaxpr
     assert jaxpr.count("conv_general_dilated") == 1  # only the forward pass
+
+
+def test_strided_input_gradient_is_a_matrix_product_not_a_convolution():
+    x = jnp.ones((2, 9, 9, 4))
+    k = jnp.ones((3, 3, 4, 5))
+    conv = lambda x: jnp.sum(_gemm_conv(x, k, (2, 2), ((1, 1), (1, 1))))
+    jaxpr = str(jax.make_jaxpr(jax.grad(conv))(x))
+    assert "dot_general" in jaxpr
+    assert jaxpr.count("conv_general_dilated") == 1  # only the forward pass
+
+
+def _ynn_fused(hlo: str, op: str) -> int:
+    """How many of the compiled module's YNNPACK fusions contain an ``op`` instruction."""
+    bodies = dict(re.findall(r"^(%[\w.-]+) .*?\{\n(.*?)^\}", hlo, re.M | re.S))
+    called = re.findall(r"calls=(%[\w.-]+).*__ynn_fusion", hlo)
+    return sum(f" {op}(" in bodies.get(name, "") for name in called)
+
+
+@pytest.fixture
+def cpu_options():
+    if jax.default_backend() != "cpu" or not gemm_ops._cpu_options_supported():
+        pytest.skip("needs a jaxlib whose CPU compiler has the YNNPACK fusion option")
+    return gemm_ops.compiler_options(True)
+
+
+def test_cpu_compiler_options_keep_convolutions_off_ynnpack_and_dots_as_they_were(cpu_options):
+    assert cpu_options == gemm_ops.CPU_COMPILER_OPTIONS
+    assert gemm_ops.compiler_options(False) is None  # model.kernels: xla keeps XLA's defaults
+    kx, kk = jax.random.split(jax.random.key(0))
+    x = jax.random.normal(kx, (8, 14, 14, 32), jnp.float32)
+    k = jax.random.normal(kk, (5, 5, 32, 48), jnp.float32)
+    conv = lambda x, k: _lax_conv(x, k, (1, 1), "VALID")
+    compiled = jax.jit(conv, compiler_options=cpu_options).lower(x, k).compile()
+    assert "convolution(" in compiled.as_text()
+    assert _ynn_fused(compiled.as_text(), "convolution") == 0
+    np.testing.assert_allclose(compiled(x, k), jax.jit(conv)(x, k), rtol=1e-4, atol=1e-4)
+    a, b = x.reshape(-1, 32 * 14), k.reshape(-1, 48)[: 32 * 14]
+    dot_hlo = lambda **kw: jax.jit(jnp.dot, **kw).lower(a, b).compile().as_text()
+    assert _ynn_fused(dot_hlo(compiler_options=cpu_options), "dot") == _ynn_fused(dot_hlo(), "dot")
+
+
+def test_train_and_eval_steps_are_compiled_with_the_cpu_options(cpu_options):
+    network = build_network(load_config(None, []).model, 10, 2)
+    assert network.generator.gemm_kernels  # auto on CPU
+    params, stats = network.init(jax.random.key(0), (32, 32, 1))
+    images = jnp.zeros((4, 32, 32, 1), jnp.float32)
+    hlo = make_predict_fn(network).lower(params, stats, images).compile().as_text()
+    assert hlo.count("convolution(") >= 2 and _ynn_fused(hlo, "convolution") == 0
+
+
+def test_a_users_own_ynnpack_setting_wins(cpu_options, monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", f"--{gemm_ops.YNN_OPTION}=")
+    assert gemm_ops.compiler_options(True) is None
 
 
 @pytest.mark.parametrize(

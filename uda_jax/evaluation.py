@@ -10,11 +10,10 @@ import functools
 from collections.abc import Iterable
 from typing import Any
 
-import jax
 import numpy as np
 
 from uda_jax.data.pipeline import eval_batches
-from uda_jax.methods.base import predict
+from uda_jax.methods.base import jit_for, predict
 from uda_jax.models import Network
 
 PyTree = Any
@@ -22,7 +21,7 @@ PyTree = Any
 
 def make_predict_fn(network: Network):
     """A jit-compiled ``(params, batch_stats, images) -> (features, logits)`` in eval mode."""
-    return jax.jit(functools.partial(predict, network))
+    return jit_for(network, functools.partial(predict, network))
 
 
 def predict_batches(

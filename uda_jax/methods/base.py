@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from uda_jax.config import MetaAlignConfig, MethodConfig
-from uda_jax.models import Network
+from uda_jax.models import Network, gemm_ops
 from uda_jax.optim import ModuleOptimizer
 from uda_jax.state import TrainState
 
@@ -42,7 +42,14 @@ class StepContext:
 
 def compile_train_step(train_step: Callable, ctx: StepContext) -> TrainStep:
     """``train_step`` with ``ctx`` bound, ``jax.jit``-compiled, donating the input state."""
-    return jax.jit(functools.partial(train_step, ctx=ctx), donate_argnums=0)
+    return jit_for(ctx.network, functools.partial(train_step, ctx=ctx), donate_argnums=0)
+
+
+def jit_for(network: Network, fn: Callable, **jit_kwargs) -> Callable:
+    """``jax.jit(fn, **jit_kwargs)`` with the compiler options of ``network``'s kernels
+    (:func:`uda_jax.models.gemm_ops.compiler_options`: XLA's own convolutions on CPU)."""
+    options = gemm_ops.compiler_options(network.generator.gemm_kernels)
+    return jax.jit(fn, compiler_options=options, **jit_kwargs)
 
 
 def compile_loop_step(train_step: Callable, ctx: StepContext):
@@ -56,7 +63,7 @@ def compile_loop_step(train_step: Callable, ctx: StepContext):
     def loop_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
         return bound(state, batch, jax.random.fold_in(state.key, state.step))
 
-    return jax.jit(loop_step, donate_argnums=0)
+    return jit_for(ctx.network, loop_step, donate_argnums=0)
 
 
 def apply_updates(

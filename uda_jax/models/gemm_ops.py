@@ -1,30 +1,35 @@
-"""Convolution and max-pooling whose gradients are matrix products and masks (fast on CPU).
+"""Convolution and max-pooling that XLA's CPU backend runs fast, at every order of derivative.
 
-XLA's CPU backend runs a convolution's forward pass well, but its kernel gradient (a
-"convolution" with a window as large as the output) and max-pooling's gradient (a
-select-and-scatter) are several times slower than the forward pass; on the digits CGDM step they
-were two thirds of the time. These drop-in replacements compute the same functions with
-gradients XLA's CPU backend runs fast:
+On CPU three of XLA's own choices are slow for these networks; this module replaces them
+(``model.kernels: auto``, the default, on CPU; ``gemm`` forces it; ``xla`` keeps XLA's own):
 
-* :func:`conv_general_dilated`: the forward pass is ``lax.conv_general_dilated``; a
-  ``custom_jvp`` writes the kernel's tangent as one matrix product with the input's patches
-  (im2col), so its transpose, the kernel gradient, is one matrix product too. The input's
-  tangent stays XLA's convolution, except for strided convolutions and windows wider than
-  their output, whose XLA input gradient takes a slow generic path on CPU: those use im2col as
-  well. The rule calls the function itself for its primal output, so every order of
-  differentiation (``jax.grad`` of ``jax.grad``, ``jax.jvp``) is exact.
+* :func:`compiler_options`: recent jaxlib (0.10 here) hands CPU convolutions to YNNPACK,
+  which ran the digits and ResNet-50 convolutions and their kernel gradients 1.1–8× slower
+  than XLA's Eigen convolutions on the benchmark machine (``benchmarks/results/step_speed.md``).
+  The options keep YNNPACK for matrix products and reductions; train and eval steps compile
+  with them.
+* :func:`conv_general_dilated`: ``lax.conv_general_dilated`` whose kernel tangent, and for
+  strided convolutions and windows wider than their output also the input tangent, is a
+  matrix product over the patches (im2col, one product per kernel row): XLA runs those
+  gradients as window- or input-dilated convolutions that can fall to a slow generic loop. A
+  ``custom_jvp`` whose rule computes its primal output and its other tangents with the function
+  itself, so every order of differentiation (``jax.grad`` of ``jax.grad``, ``jax.jvp``) is
+  exact and takes the same rule.
 * :func:`max_pool`: the window's maximum through a one-hot mask of its first maximal element
-  (PyTorch's and XLA's choice on ties), so the gradient is elementwise, with no scatter.
+  (PyTorch's and XLA's choice on ties), so the gradient is elementwise, with no
+  select-and-scatter (a third of the digits CGDM step's time).
 
 The values are the same functions; only floating-point summation order differs (≈1e-7
-relative). ``model.kernels: xla`` keeps XLA's own ops; ``auto`` (the default) uses these on
-CPU and XLA's elsewhere, where its convolutions and pooling gradients are fast.
+relative). Elsewhere than on CPU ``auto`` keeps XLA's ops, whose convolutions and pooling
+gradients are fast there.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +39,10 @@ from jax.custom_derivatives import SymbolicZero
 
 KERNELS = ("auto", "gemm", "xla")
 NHWC = ("NHWC", "HWIO", "NHWC")
+YNN_OPTION = "xla_cpu_experimental_ynn_fusion_type"
+# YNNPACK for matrix products and reductions, not convolutions (XLA's own reductions of a
+# batch become reduce-windows, 2-3× slower in a BatchNorm)
+CPU_COMPILER_OPTIONS = {YNN_OPTION: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
 
 
 def use_gemm_kernels(kernels: str) -> bool:
@@ -41,6 +50,28 @@ def use_gemm_kernels(kernels: str) -> bool:
     if kernels not in KERNELS:
         raise ValueError(f"model.kernels must be one of {KERNELS}, got {kernels!r}")
     return kernels == "gemm" or (kernels == "auto" and jax.default_backend() == "cpu")
+
+
+def compiler_options(gemm_kernels: bool) -> dict[str, Any] | None:
+    """``jax.jit``'s ``compiler_options`` for steps of a network built with ``gemm_kernels``:
+    :data:`CPU_COMPILER_OPTIONS` on CPU, None elsewhere, with XLA's own kernels, where the user
+    set the option in ``XLA_FLAGS`` (their choice wins) or where this jaxlib lacks it."""
+    if not gemm_kernels or jax.default_backend() != "cpu":
+        return None
+    if YNN_OPTION in os.environ.get("XLA_FLAGS", "") or not _cpu_options_supported():
+        return None
+    return dict(CPU_COMPILER_OPTIONS)
+
+
+@functools.cache
+def _cpu_options_supported() -> bool:
+    """Whether this jaxlib's CPU compiler accepts :data:`CPU_COMPILER_OPTIONS` (one tiny
+    compile, once per process)."""
+    try:
+        jax.jit(lambda x: x + 1, compiler_options=CPU_COMPILER_OPTIONS).lower(1.0).compile()
+    except Exception:  # an older jaxlib: unknown option or enum value
+        return False
+    return True
 
 
 def conv_for(gemm_kernels: bool):
@@ -89,25 +120,37 @@ def _conv_jvp(strides, padding, primals, tangents):
     dx, dkernel = tangents
     out = _conv(x, kernel, strides, padding)
     kh, kw, cin, cout = kernel.shape
+    # the tangents through this function itself, so derivatives of every order take this rule
+    conv = lambda inputs, weights: _conv(inputs, weights, strides, padding)
 
-    def patch_product(inputs, weights):  # im2col: [N·H'·W', kh·kw·cin] @ [kh·kw·cin, cout]
-        patches = jnp.stack(_windows(inputs, (kh, kw), strides, padding, 0.0), axis=3)
-        flat = patches.reshape(-1, kh * kw * cin)  # the kernel's (i, j, c) order
-        return jnp.dot(flat, weights.reshape(kh * kw * cin, cout)).reshape(out.shape)
+    def patch_product(inputs, weights):
+        # im2col over the kernel's columns only: [N, H, W', kw·cin] (kw strided views side by
+        # side), then one [N·H'·W', kw·cin] @ [kw·cin, cout] product per kernel row, summed;
+        # kh times smaller than full im2col, and each transpose is a product and (strided) pads
+        padded = jnp.pad(inputs, ((0, 0), *padding, (0, 0)))
+        sh, sw = strides
+        oh, ow = out.shape[1:3]
+        columns = jnp.concatenate(
+            [padded[:, :, j : j + sw * (ow - 1) + 1 : sw] for j in range(kw)], axis=-1
+        )
+        rows = [columns[:, i : i + sh * (oh - 1) + 1 : sh] for i in range(kh)]
+        products = [
+            jnp.dot(r.reshape(-1, kw * cin), weights[i].reshape(kw * cin, cout))
+            for i, r in enumerate(rows)
+        ]
+        return sum(products[1:], products[0]).reshape(out.shape)
 
+    # XLA's kernel gradient is a convolution with a window as large as the output, and that of
+    # a strided convolution also window-dilated; XLA's input gradient of a strided convolution
+    # is input-dilated. On CPU these can fall to a generic loop (0.2-0.8 s per call in the
+    # ResNet-50 CGDM step, C as a loop); as im2col their transposes are products and pads.
+    # XLA's own input gradient of a stride-1 convolution is fast.
+    slow_path = strides != (1, 1) or min(out.shape[1:3]) < max(kh, kw)
     terms = []  # the rule runs only when at least one tangent is not a symbolic zero
     if not isinstance(dkernel, SymbolicZero):
         terms.append(patch_product(x, dkernel))
     if not isinstance(dx, SymbolicZero):  # an image input has no tangent: skip it
-        # XLA's input gradient of a strided convolution (an input-dilated convolution) and of
-        # a window wider than its output run on a slow generic path on CPU; as im2col their
-        # transpose is a matrix product and (strided) pads. Otherwise XLA's own is faster.
-        if strides != (1, 1) or min(out.shape[1:3]) < max(kh, kw):
-            terms.append(patch_product(dx, kernel))
-        else:
-            terms.append(
-                lax.conv_general_dilated(dx, kernel, strides, padding, dimension_numbers=NHWC)
-            )
+        terms.append(patch_product(dx, kernel) if slow_path else conv(dx, kernel))
     return out, sum(terms[1:], terms[0])
 
 
@@ -126,9 +169,9 @@ def conv_general_dilated(
     precision=None,
     **kwargs,
 ) -> jax.Array:
-    """``lax.conv_general_dilated`` for 2-D NHWC/HWIO convolutions with its kernel gradient as
-    one matrix product; other forms (dilation, groups, other layouts, an explicit precision) go
-    to lax unchanged."""
+    """``lax.conv_general_dilated`` for 2-D NHWC/HWIO convolutions with its kernel gradient (and
+    a strided or wider-than-output convolution's input gradient) as matrix products; other
+    forms (dilation, groups, other layouts, an explicit precision) go to lax unchanged."""
     plain = (
         lhs.ndim == 4
         and all(d == 1 for d in (lhs_dilation or (1, 1)))
@@ -167,6 +210,8 @@ def max_pool(
     first maximal element of each window, as ``nn.max_pool``'s and PyTorch's do, as a mask."""
     columns = _windows(x, tuple(window), tuple(strides), _pairs(padding, 2), -jnp.inf)
     stacked = jnp.stack(columns, axis=-1)  # [N, H', W', C, window]
-    offsets = jnp.arange(len(columns)).reshape((1,) * (stacked.ndim - 1) + (len(columns),))
-    first_max = jnp.argmax(stacked, axis=-1, keepdims=True) == offsets
-    return jnp.sum(jnp.where(first_max, stacked, 0), axis=-1)
+    first = jnp.argmax(stacked, axis=-1)
+    # a sum of selected views, not a reduce: XLA's CPU compiler would fuse a reduce with the
+    # next convolution into one YNNPACK call, the slower convolution compiler_options avoids
+    picked = [jnp.where(first == k, column, 0) for k, column in enumerate(columns)]
+    return sum(picked[1:], picked[0])
