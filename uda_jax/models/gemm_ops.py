@@ -54,8 +54,8 @@ def use_gemm_kernels(kernels: str) -> bool:
 
 def compiler_options(gemm_kernels: bool) -> dict[str, Any] | None:
     """``jax.jit``'s ``compiler_options`` for steps of a network built with ``gemm_kernels``:
-    :data:`CPU_COMPILER_OPTIONS` on CPU, None elsewhere, with XLA's own kernels, where the user
-    set the option in ``XLA_FLAGS`` (their choice wins) or where this jaxlib lacks it."""
+    :data:`CPU_COMPILER_OPTIONS` on CPU; None off CPU, with XLA's own kernels, when the user set
+    the option in ``XLA_FLAGS`` (their choice wins) or when this jaxlib lacks it."""
     if not gemm_kernels or jax.default_backend() != "cpu":
         return None
     if YNN_OPTION in os.environ.get("XLA_FLAGS", "") or not _cpu_options_supported():
