@@ -12,7 +12,9 @@ from jax import lax
 
 from uda_jax.config import load_config
 from uda_jax.evaluation import make_predict_fn
-from uda_jax.models import build_network, gemm_ops
+from uda_jax.experiment import build_experiment, create_train_state, step_roles
+from uda_jax.methods.base import compile_loop_step
+from uda_jax.models import gemm_ops
 
 pytestmark = pytest.mark.usefixtures("float64")
 
@@ -110,12 +112,22 @@ def test_cpu_compiler_options_keep_convolutions_off_ynnpack_and_dots_as_they_wer
 
 
 def test_train_and_eval_steps_are_compiled_with_the_cpu_options(cpu_options):
-    network = build_network(load_config(None, []).model, 10, 2)
+    experiment = build_experiment(load_config(None, ["method.name=source_only"]))
+    network = experiment.ctx.network
     assert network.generator.gemm_kernels  # auto on CPU
-    params, stats = network.init(jax.random.key(0), (32, 32, 1))
+    state = create_train_state(experiment)
     images = jnp.zeros((4, 32, 32, 1), jnp.float32)
-    hlo = make_predict_fn(network).lower(params, stats, images).compile().as_text()
-    assert hlo.count("convolution(") >= 2 and _ynn_fused(hlo, "convolution") == 0
+    batch = {"source_image": images, "source_label": jnp.zeros(4, jnp.int32)}
+    batch |= {"target_image": images, "target_index": jnp.zeros(4, jnp.int32)}
+    (train_step,) = step_roles(experiment)[0].values()
+    compiled = {
+        "train": compile_loop_step(train_step, experiment.ctx).lower(state, batch),
+        "eval": make_predict_fn(network).lower(state.params, state.batch_stats, images),
+    }
+    for name, lowered in compiled.items():
+        hlo = lowered.compile().as_text()
+        assert hlo.count("convolution(") >= 2, name
+        assert _ynn_fused(hlo, "convolution") == 0, name
 
 
 def test_a_users_own_ynnpack_setting_wins(cpu_options, monkeypatch):

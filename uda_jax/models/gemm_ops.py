@@ -27,6 +27,7 @@ gradients are fast there.
 from __future__ import annotations
 
 import functools
+import operator
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -110,6 +111,11 @@ def _windows(x: jax.Array, window, strides, padding, pad_value) -> list[jax.Arra
     ]
 
 
+def _total(arrays) -> jax.Array:
+    """The sum of a non-empty iterable of arrays, without Python ``sum``'s leading ``0 +``."""
+    return functools.reduce(operator.add, arrays)
+
+
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
 def _conv(x: jax.Array, kernel: jax.Array, strides: tuple, padding: tuple) -> jax.Array:
     return lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=NHWC)
@@ -120,25 +126,20 @@ def _conv_jvp(strides, padding, primals, tangents):
     dx, dkernel = tangents
     out = _conv(x, kernel, strides, padding)
     kh, kw, cin, cout = kernel.shape
-    # the tangents through this function itself, so derivatives of every order take this rule
-    conv = lambda inputs, weights: _conv(inputs, weights, strides, padding)
 
     def patch_product(inputs, weights):
-        # im2col over the kernel's columns only: [N, H, W', kw·cin] (kw strided views side by
-        # side), then one [N·H'·W', kw·cin] @ [kw·cin, cout] product per kernel row, summed;
-        # kh times smaller than full im2col, and each transpose is a product and (strided) pads
-        padded = jnp.pad(inputs, ((0, 0), *padding, (0, 0)))
+        # im2col over the kernel's columns only: the kw strided column views side by side
+        # [N, H, W', kw·cin], then one [N·H'·W', kw·cin] @ [kw·cin, cout] product per kernel
+        # row, summed; kh times smaller than full im2col, and each transpose is a product and
+        # (strided) pads
         sh, sw = strides
-        oh, ow = out.shape[1:3]
-        columns = jnp.concatenate(
-            [padded[:, :, j : j + sw * (ow - 1) + 1 : sw] for j in range(kw)], axis=-1
-        )
-        rows = [columns[:, i : i + sh * (oh - 1) + 1 : sh] for i in range(kh)]
-        products = [
+        views = _windows(inputs, (1, kw), (1, sw), padding, 0.0)
+        columns = jnp.concatenate(views, axis=-1)
+        rows = _windows(columns, (kh, 1), (sh, 1), ((0, 0), (0, 0)), 0.0)
+        return _total(
             jnp.dot(r.reshape(-1, kw * cin), weights[i].reshape(kw * cin, cout))
             for i, r in enumerate(rows)
-        ]
-        return sum(products[1:], products[0]).reshape(out.shape)
+        ).reshape(out.shape)
 
     # XLA's kernel gradient is a convolution with a window as large as the output, and that of
     # a strided convolution also window-dilated; XLA's input gradient of a strided convolution
@@ -150,8 +151,11 @@ def _conv_jvp(strides, padding, primals, tangents):
     if not isinstance(dkernel, SymbolicZero):
         terms.append(patch_product(x, dkernel))
     if not isinstance(dx, SymbolicZero):  # an image input has no tangent: skip it
-        terms.append(patch_product(dx, kernel) if slow_path else conv(dx, kernel))
-    return out, sum(terms[1:], terms[0])
+        if slow_path:
+            terms.append(patch_product(dx, kernel))
+        else:  # XLA's own, through this function so every order of derivative takes this rule
+            terms.append(_conv(dx, kernel, strides, padding))
+    return out, _total(terms)
 
 
 _conv.defjvp(_conv_jvp, symbolic_zeros=True)
@@ -213,5 +217,4 @@ def max_pool(
     first = jnp.argmax(stacked, axis=-1)
     # a sum of selected views, not a reduce: XLA's CPU compiler would fuse a reduce with the
     # next convolution into one YNNPACK call, the slower convolution compiler_options avoids
-    picked = [jnp.where(first == k, column, 0) for k, column in enumerate(columns)]
-    return sum(picked[1:], picked[0])
+    return _total(jnp.where(first == k, column, 0) for k, column in enumerate(columns))
