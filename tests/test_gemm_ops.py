@@ -81,6 +81,22 @@ def test_strided_input_gradient_is_a_matrix_product_not_a_convolution():
     assert jaxpr.count("conv_general_dilated") == 1  # only the forward pass
 
 
+def test_window_wider_than_output_is_a_matrix_product_at_every_order():
+    # ResNet-50's last stage on 64×64 images: 3×3 over 2×2, which XLA's CPU compiler turns into
+    # an operand-swapped convolution on its generic loop; value and gradients are products
+    x = jnp.ones((2, 2, 2, 4))
+    k = jnp.ones((3, 3, 4, 5))
+    conv = lambda x, k: jnp.sum(jnp.tanh(_gemm_conv(x, k, (1, 1), ((1, 1), (1, 1)))))
+    for fn in (
+        conv,
+        jax.grad(conv, (0, 1)),
+        jax.grad(lambda x, k: jnp.sum(jax.grad(conv)(x, k) ** 2)),
+    ):
+        jaxpr = str(jax.make_jaxpr(fn)(x, k))
+        assert "dot_general" in jaxpr
+        assert "conv_general_dilated" not in jaxpr
+
+
 def _ynn_fused(hlo: str, op: str) -> int:
     """How many of the compiled module's YNNPACK fusions contain an ``op`` instruction."""
     bodies = dict(re.findall(r"^(%[\w.-]+) .*?\{\n(.*?)^\}", hlo, re.M | re.S))

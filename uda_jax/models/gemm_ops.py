@@ -116,8 +116,40 @@ def _total(arrays) -> jax.Array:
     return functools.reduce(operator.add, arrays)
 
 
+def _patch_product(x: jax.Array, kernel: jax.Array, strides: tuple, padding: tuple) -> jax.Array:
+    """The convolution as im2col over the kernel's columns only: the kw strided column views
+    side by side ``[N, H, W', kw·cin]``, then one ``[N·H'·W', kw·cin] @ [kw·cin, cout]``
+    product per kernel row, summed. kh times smaller than full im2col, and its transposes
+    (for either operand) are products and (strided) pads."""
+    kh, kw, cin, cout = kernel.shape
+    sh, sw = strides
+    views = _windows(x, (1, kw), (1, sw), padding, 0.0)
+    columns = jnp.concatenate(views, axis=-1)
+    rows = _windows(columns, (kh, 1), (sh, 1), ((0, 0), (0, 0)), 0.0)
+    out_shape = (*rows[0].shape[:3], cout)
+    return _total(
+        jnp.dot(r.reshape(-1, kw * cin), kernel[i].reshape(kw * cin, cout))
+        for i, r in enumerate(rows)
+    ).reshape(out_shape)
+
+
+def _window_wider_than_output(x_shape, kernel_shape, strides, padding) -> bool:
+    """Whether the kernel's window is wider than the convolution's output (ResNet-50's last
+    stage on small images: 3×3 over 2×2). XLA's CPU compiler then swaps the operands into a
+    convolution that runs on its generic loop (≈ 0.1 s per call there)."""
+    out = [
+        (size + lo + hi - k) // s + 1
+        for size, (lo, hi), k, s in zip(
+            x_shape[1:3], padding, kernel_shape[:2], strides, strict=True
+        )
+    ]
+    return min(out) < max(kernel_shape[:2])
+
+
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
 def _conv(x: jax.Array, kernel: jax.Array, strides: tuple, padding: tuple) -> jax.Array:
+    if _window_wider_than_output(x.shape, kernel.shape, strides, padding):
+        return _patch_product(x, kernel, strides, padding)
     return lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=NHWC)
 
 
@@ -125,34 +157,21 @@ def _conv_jvp(strides, padding, primals, tangents):
     x, kernel = primals
     dx, dkernel = tangents
     out = _conv(x, kernel, strides, padding)
-    kh, kw, cin, cout = kernel.shape
-
-    def patch_product(inputs, weights):
-        # im2col over the kernel's columns only: the kw strided column views side by side
-        # [N, H, W', kw·cin], then one [N·H'·W', kw·cin] @ [kw·cin, cout] product per kernel
-        # row, summed; kh times smaller than full im2col, and each transpose is a product and
-        # (strided) pads
-        sh, sw = strides
-        views = _windows(inputs, (1, kw), (1, sw), padding, 0.0)
-        columns = jnp.concatenate(views, axis=-1)
-        rows = _windows(columns, (kh, 1), (sh, 1), ((0, 0), (0, 0)), 0.0)
-        return _total(
-            jnp.dot(r.reshape(-1, kw * cin), weights[i].reshape(kw * cin, cout))
-            for i, r in enumerate(rows)
-        ).reshape(out.shape)
 
     # XLA's kernel gradient is a convolution with a window as large as the output, and that of
     # a strided convolution also window-dilated; XLA's input gradient of a strided convolution
     # is input-dilated. On CPU these can fall to a generic loop (0.2-0.8 s per call in the
     # ResNet-50 CGDM step, C as a loop); as im2col their transposes are products and pads.
     # XLA's own input gradient of a stride-1 convolution is fast.
-    slow_path = strides != (1, 1) or min(out.shape[1:3]) < max(kh, kw)
+    slow_path = strides != (1, 1) or _window_wider_than_output(
+        x.shape, kernel.shape, strides, padding
+    )
     terms = []  # the rule runs only when at least one tangent is not a symbolic zero
     if not isinstance(dkernel, SymbolicZero):
-        terms.append(patch_product(x, dkernel))
+        terms.append(_patch_product(x, dkernel, strides, padding))
     if not isinstance(dx, SymbolicZero):  # an image input has no tangent: skip it
         if slow_path:
-            terms.append(patch_product(dx, kernel))
+            terms.append(_patch_product(dx, kernel, strides, padding))
         else:  # XLA's own, through this function so every order of derivative takes this rule
             terms.append(_conv(dx, kernel, strides, padding))
     return out, _total(terms)
