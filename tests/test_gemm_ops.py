@@ -64,12 +64,33 @@ def test_conv_value_gradient_and_second_order_match_lax(x_shape, k_shape, stride
     np.testing.assert_allclose(hvp(new), hvp(ref), rtol=1e-9, atol=1e-10)
 
 
-def test_kernel_gradient_is_a_matrix_product_not_a_convolution():
-    x = jnp.ones((2, 14, 14, 3))
-    k = jnp.ones((5, 5, 3, 4))
-    jaxpr = str(jax.make_jaxpr(jax.grad(lambda k: jnp.sum(_gemm_conv(x, k, (1, 1), "VALID"))))(k))
-    assert "dot_general" in jaxpr
-    assert jaxpr.count("conv_general_dilated") == 1  # only the forward pass
+def _conv_layouts(hlo: str) -> set[str]:
+    """The ``dim_labels`` of every convolution in a compiled module's text."""
+    return set(re.findall(r" convolution\(.*?dim_labels=([\w>-]+)", hlo))
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA's CPU compiler")
+def test_stride_1_gradients_are_plain_convolutions_also_inside_a_loop():
+    # XLA's CPU compiler reorders JAX's transposed convolutions into NHWC/HWIO outside a loop
+    # but not inside a while body (step C as a loop), where they ran 10-30x slower
+    x = jnp.ones((2, 8, 8, 3))
+    kernels = (jnp.ones((3, 3, 3, 4)), jnp.ones((3, 3, 4, 4)))  # the second has an input grad
+
+    def step(conv):
+        def loss(kernels):
+            y = x
+            for k in kernels:
+                y = jnp.tanh(conv(y, k, (1, 1), "SAME"))
+            return jnp.sum(y)
+
+        def body(kernels, _):
+            return jax.tree.map(lambda k, g: k - g, kernels, jax.grad(loss)(kernels)), None
+
+        return jax.jit(lambda ks: jax.lax.scan(body, ks, None, length=2, unroll=False)[0])
+
+    plain = {"b01f_01io->b01f"}
+    assert _conv_layouts(step(_gemm_conv).lower(kernels).compile().as_text()) == plain
+    assert _conv_layouts(step(_lax_conv).lower(kernels).compile().as_text()) != plain  # the case
 
 
 def test_strided_input_gradient_is_a_matrix_product_not_a_convolution():
@@ -81,7 +102,7 @@ def test_strided_input_gradient_is_a_matrix_product_not_a_convolution():
     assert jaxpr.count("conv_general_dilated") == 1  # only the forward pass
 
 
-def test_window_wider_than_output_is_a_matrix_product_at_every_order():
+def test_window_larger_than_its_input_is_a_matrix_product_at_every_order():
     # ResNet-50's last stage on 64×64 images: 3×3 over 2×2, which XLA's CPU compiler turns into
     # an operand-swapped convolution on its generic loop; value and gradients are products
     x = jnp.ones((2, 2, 2, 4))

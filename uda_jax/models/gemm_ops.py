@@ -5,16 +5,19 @@ On CPU three of XLA's own choices are slow for these networks; this module repla
 
 * :func:`compiler_options`: recent jaxlib (0.10 here) hands CPU convolutions to YNNPACK,
   which ran the digits and ResNet-50 convolutions and their kernel gradients 1.1–8× slower
-  than XLA's Eigen convolutions on the benchmark machine (``benchmarks/results/step_speed.md``).
+  than XLA's Eigen convolutions on the benchmark machine (``benchmarks/conv_kernels.py``).
   The options keep YNNPACK for matrix products and reductions; train and eval steps compile
   with them.
-* :func:`conv_general_dilated`: ``lax.conv_general_dilated`` whose kernel tangent, and for
-  strided convolutions and windows wider than their output also the input tangent, is a
-  matrix product over the patches (im2col, one product per kernel row): XLA runs those
-  gradients as window- or input-dilated convolutions that can fall to a slow generic loop. A
-  ``custom_jvp`` whose rule computes its primal output and its other tangents with the function
-  itself, so every order of differentiation (``jax.grad`` of ``jax.grad``, ``jax.jvp``) is
-  exact and takes the same rule.
+* :func:`conv_general_dilated`: ``lax.conv_general_dilated`` with gradients XLA's CPU compiler
+  runs fast. JAX's own transposes of a convolution carry dimension orders that XLA reorders into
+  NHWC/HWIO outside a loop but, inside a ``while`` body (step C compiled as a loop), leaves on
+  a generic loop 10–30× slower; here a stride-1 convolution's kernel and input gradients are
+  plain NHWC/HWIO convolutions (first-order ones: those of a second-order gradient are JAX's
+  transposes again, fine outside a loop). A strided convolution's gradients (window- and input-dilated in
+  XLA) are matrix products over the patches (im2col, one product per kernel row), and so is a
+  convolution whose window is larger than its input (XLA swaps its operands onto the generic
+  loop). A ``custom_jvp`` whose rule computes its primal output and its tangents with the
+  function itself, so ``jax.grad`` of ``jax.grad`` and ``jax.jvp`` are exact at every order.
 * :func:`max_pool`: the window's maximum through a one-hot mask of its first maximal element
   (PyTorch's and XLA's choice on ties), so the gradient is elementwise, with no
   select-and-scatter (a third of the digits CGDM step's time).
@@ -133,22 +136,46 @@ def _patch_product(x: jax.Array, kernel: jax.Array, strides: tuple, padding: tup
     ).reshape(out_shape)
 
 
-def _window_wider_than_output(x_shape, kernel_shape, strides, padding) -> bool:
-    """Whether the kernel's window is wider than the convolution's output (ResNet-50's last
-    stage on small images: 3×3 over 2×2). XLA's CPU compiler then swaps the operands into a
-    convolution that runs on its generic loop (≈ 0.1 s per call there)."""
-    out = [
-        (size + lo + hi - k) // s + 1
-        for size, (lo, hi), k, s in zip(
-            x_shape[1:3], padding, kernel_shape[:2], strides, strict=True
-        )
-    ]
-    return min(out) < max(kernel_shape[:2])
+def _window_exceeds_input(x_shape, kernel_shape) -> bool:
+    """Whether the kernel's window is larger than the input in a spatial dimension (ResNet-50's
+    last stage on small images: 3×3 over 2×2). XLA's CPU compiler swaps the operands of such a
+    convolution into one that runs on its generic loop (≈ 0.1 s per call there)."""
+    return any(k > size for k, size in zip(kernel_shape[:2], x_shape[1:3], strict=True))
+
+
+def _kernel_gradient(x: jax.Array, g: jax.Array, padding: tuple) -> jax.Array:
+    """``∂⟨conv(x, K), g⟩/∂K`` of a stride-1 convolution, ``[kh, kw, cin, cout]``: an NHWC/HWIO
+    convolution of the padded input (channels as batch, batch as features) with ``g``."""
+    padded = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+    out = _conv(jnp.transpose(padded, (3, 1, 2, 0)), jnp.transpose(g, (1, 2, 0, 3)), (1, 1), _VALID)
+    return jnp.transpose(out, (1, 2, 0, 3))
+
+
+def _input_gradient(g: jax.Array, kernel: jax.Array, padding: tuple) -> jax.Array:
+    """``∂⟨conv(x, K), g⟩/∂x`` of a stride-1 convolution: an NHWC/HWIO convolution of ``g`` with
+    the flipped kernel, input and output channels exchanged."""
+    kh, kw = kernel.shape[:2]
+    full = tuple((k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip((kh, kw), padding, strict=True))
+    flipped = jnp.transpose(kernel[::-1, ::-1], (0, 1, 3, 2))
+    return _conv(g, flipped, (1, 1), full)
+
+
+def _transposed(gradient, out: jax.Array):
+    """The linear map whose transpose is ``gradient`` (a function of ``∂L/∂out``). A tangent
+    computed through it makes reverse mode run ``gradient`` itself: a plain NHWC/HWIO
+    convolution, where JAX's own transposes carry other dimension orders that XLA's CPU
+    compiler leaves on its generic loop inside a ``while`` body (ResNet-50's step C as a
+    loop: 0.1-0.8 s per call) though it reorders them elsewhere."""
+    transpose = jax.linear_transpose(gradient, jax.ShapeDtypeStruct(out.shape, out.dtype))
+    return lambda tangent: transpose(tangent)[0]
+
+
+_VALID = ((0, 0), (0, 0))
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
 def _conv(x: jax.Array, kernel: jax.Array, strides: tuple, padding: tuple) -> jax.Array:
-    if _window_wider_than_output(x.shape, kernel.shape, strides, padding):
+    if _window_exceeds_input(x.shape, kernel.shape):
         return _patch_product(x, kernel, strides, padding)
     return lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=NHWC)
 
@@ -157,23 +184,29 @@ def _conv_jvp(strides, padding, primals, tangents):
     x, kernel = primals
     dx, dkernel = tangents
     out = _conv(x, kernel, strides, padding)
-
-    # XLA's kernel gradient is a convolution with a window as large as the output, and that of
-    # a strided convolution also window-dilated; XLA's input gradient of a strided convolution
-    # is input-dilated. On CPU these can fall to a generic loop (0.2-0.8 s per call in the
-    # ResNet-50 CGDM step, C as a loop); as im2col their transposes are products and pads.
-    # XLA's own input gradient of a stride-1 convolution is fast.
-    slow_path = strides != (1, 1) or _window_wider_than_output(
-        x.shape, kernel.shape, strides, padding
+    kh, kw = kernel.shape[:2]
+    # Strided: XLA's kernel gradient is window-dilated and its input gradient input-dilated,
+    # both slow on CPU; as im2col their transposes are products and pads. Stride 1: both
+    # gradients as plain convolutions (:func:`_transposed`), through this function, so every
+    # order of derivative takes this rule; im2col where such a convolution's window would
+    # exceed its input (XLA swaps its operands) or its padding would be negative.
+    im2col = strides != (1, 1) or _window_exceeds_input(x.shape, kernel.shape)
+    input_im2col = (
+        im2col
+        or _window_exceeds_input(out.shape, kernel.shape)
+        or any(max(pad) > k - 1 for k, pad in zip((kh, kw), padding, strict=True))
     )
     terms = []  # the rule runs only when at least one tangent is not a symbolic zero
     if not isinstance(dkernel, SymbolicZero):
-        terms.append(_patch_product(x, dkernel, strides, padding))
+        if im2col:
+            terms.append(_patch_product(x, dkernel, strides, padding))
+        else:
+            terms.append(_transposed(lambda g: _kernel_gradient(x, g, padding), out)(dkernel))
     if not isinstance(dx, SymbolicZero):  # an image input has no tangent: skip it
-        if slow_path:
+        if input_im2col:
             terms.append(_patch_product(dx, kernel, strides, padding))
-        else:  # XLA's own, through this function so every order of derivative takes this rule
-            terms.append(_conv(dx, kernel, strides, padding))
+        else:
+            terms.append(_transposed(lambda g: _input_gradient(g, kernel, padding), out)(dx))
     return out, _total(terms)
 
 
@@ -192,11 +225,16 @@ def conv_general_dilated(
     precision=None,
     **kwargs,
 ) -> jax.Array:
-    """``lax.conv_general_dilated`` for 2-D NHWC/HWIO convolutions with its kernel gradient (and
-    a strided or wider-than-output convolution's input gradient) as matrix products; other
-    forms (dilation, groups, other layouts, an explicit precision) go to lax unchanged."""
+    """``lax.conv_general_dilated`` for 2-D NHWC/HWIO convolutions whose gradients (of every
+    order) XLA's CPU compiler runs fast: plain convolutions at stride 1, matrix products when
+    strided; other forms (dilation, groups, other layouts, negative padding, an explicit
+    precision) go to lax unchanged."""
+    strides = tuple(int(s) for s in window_strides)
+    if isinstance(padding, str):  # "VALID" / "SAME" as lax resolves them
+        padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
     plain = (
         lhs.ndim == 4
+        and all(p >= 0 for pair in padding for p in pair)
         and all(d == 1 for d in (lhs_dilation or (1, 1)))
         and all(d == 1 for d in (rhs_dilation or (1, 1)))
         and feature_group_count == 1
@@ -209,9 +247,6 @@ def conv_general_dilated(
             lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
             dimension_numbers, feature_group_count, precision=precision, **kwargs,
         )  # fmt: skip
-    strides = tuple(int(s) for s in window_strides)
-    if isinstance(padding, str):  # "VALID" / "SAME" as lax resolves them
-        padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
     return _conv(lhs, rhs, strides, _pairs(padding, 2))
 
 
