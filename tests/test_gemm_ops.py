@@ -72,7 +72,7 @@ def _conv_layouts(hlo: str) -> set[str]:
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA's CPU compiler")
 def test_stride_1_gradients_are_plain_convolutions_also_inside_a_loop():
     # XLA's CPU compiler reorders JAX's transposed convolutions into NHWC/HWIO outside a loop
-    # but not inside a while body (step C as a loop), where they ran 10-30x slower
+    # but not inside a while body (step C as a loop), where they ran 4-36x slower
     x = jnp.ones((2, 8, 8, 3))
     kernels = (jnp.ones((3, 3, 3, 4)), jnp.ones((3, 3, 4, 4)))  # the second has an input grad
 

@@ -67,9 +67,9 @@ class ModelConfig:
     bn_eps: float = 1e-5
     discriminator_hidden: int = 1024  # the adversarial methods' domain discriminator
     discriminator_dropout: float = 0.5
-    # auto: on CPU, XLA's Eigen convolutions (not YNNPACK's), kernel gradients and strided
-    # convolutions' input gradients as matrix products, max-pool gradients as masks; XLA's own
-    # ops elsewhere (uda_jax.models.gemm_ops); gemm / xla force one. Same functions either way.
+    # auto: on CPU, XLA's Eigen convolutions (not YNNPACK's), gradients as plain convolutions
+    # (stride 1) or matrix products (strided), max-pool gradients as masks; XLA's own ops
+    # elsewhere (uda_jax.models.gemm_ops); gemm / xla force one. Same functions either way.
     kernels: str = "auto"
 
 

@@ -4,20 +4,21 @@ On CPU three of XLA's own choices are slow for these networks; this module repla
 (``model.kernels: auto``, the default, on CPU; ``gemm`` forces it; ``xla`` keeps XLA's own):
 
 * :func:`compiler_options`: recent jaxlib (0.10 here) hands CPU convolutions to YNNPACK,
-  which ran the digits and ResNet-50 convolutions and their kernel gradients 1.1–8× slower
-  than XLA's Eigen convolutions on the benchmark machine (``benchmarks/conv_kernels.py``).
-  The options keep YNNPACK for matrix products and reductions; train and eval steps compile
-  with them.
+  with which a forward-and-gradients of the digits and ResNet-50 convolutions ran 1.3–4.5×
+  slower than with XLA's Eigen convolutions (``benchmarks/results/conv_kernels.md``; YNNPACK's
+  forward alone was faster on 1- and 3-channel inputs). The options keep YNNPACK for matrix
+  products and reductions; train and eval steps compile with them.
 * :func:`conv_general_dilated`: ``lax.conv_general_dilated`` with gradients XLA's CPU compiler
   runs fast. JAX's own transposes of a convolution carry dimension orders that XLA reorders into
-  NHWC/HWIO outside a loop but, inside a ``while`` body (step C compiled as a loop), leaves on
-  a generic loop 10–30× slower; here a stride-1 convolution's kernel and input gradients are
-  plain NHWC/HWIO convolutions (first-order ones: those of a second-order gradient are JAX's
-  transposes again, fine outside a loop). A strided convolution's gradients (window- and input-dilated in
-  XLA) are matrix products over the patches (im2col, one product per kernel row), and so is a
-  convolution whose window is larger than its input (XLA swaps its operands onto the generic
-  loop). A ``custom_jvp`` whose rule computes its primal output and its tangents with the
-  function itself, so ``jax.grad`` of ``jax.grad`` and ``jax.jvp`` are exact at every order.
+  NHWC/HWIO outside a loop but, inside a ``while`` body (step C compiled as a loop), leaves on a
+  generic loop 4–36× slower; here a stride-1 convolution's kernel and input gradients are plain
+  NHWC/HWIO convolutions (first-order ones: those of a second-order gradient are JAX's own,
+  fine outside a loop). A strided convolution's gradients (window- and
+  input-dilated in XLA) are matrix products over the patches (im2col, one product per kernel
+  row), and so is a convolution whose window is larger than its input (XLA swaps its operands
+  onto the generic loop). A ``custom_jvp`` whose rule computes its primal output and its
+  tangents with the function itself, so ``jax.grad`` of ``jax.grad`` and ``jax.jvp`` are exact
+  at every order.
 * :func:`max_pool`: the window's maximum through a one-hot mask of its first maximal element
   (PyTorch's and XLA's choice on ties), so the gradient is elementwise, with no
   select-and-scatter (a third of the digits CGDM step's time).
@@ -147,7 +148,7 @@ def _kernel_gradient(x: jax.Array, g: jax.Array, padding: tuple) -> jax.Array:
     """``∂⟨conv(x, K), g⟩/∂K`` of a stride-1 convolution, ``[kh, kw, cin, cout]``: an NHWC/HWIO
     convolution of the padded input (channels as batch, batch as features) with ``g``."""
     padded = jnp.pad(x, ((0, 0), *padding, (0, 0)))
-    out = _conv(jnp.transpose(padded, (3, 1, 2, 0)), jnp.transpose(g, (1, 2, 0, 3)), (1, 1), _VALID)
+    out = _plain_conv(jnp.transpose(padded, (3, 1, 2, 0)), jnp.transpose(g, (1, 2, 0, 3)), _VALID)
     return jnp.transpose(out, (1, 2, 0, 3))
 
 
@@ -157,7 +158,7 @@ def _input_gradient(g: jax.Array, kernel: jax.Array, padding: tuple) -> jax.Arra
     kh, kw = kernel.shape[:2]
     full = tuple((k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip((kh, kw), padding, strict=True))
     flipped = jnp.transpose(kernel[::-1, ::-1], (0, 1, 3, 2))
-    return _conv(g, flipped, (1, 1), full)
+    return _plain_conv(g, flipped, full)
 
 
 def _transposed(gradient, out: jax.Array):
@@ -171,6 +172,11 @@ def _transposed(gradient, out: jax.Array):
 
 
 _VALID = ((0, 0), (0, 0))
+
+
+def _plain_conv(x: jax.Array, kernel: jax.Array, padding: tuple) -> jax.Array:
+    """A stride-1 NHWC/HWIO ``lax`` convolution, differentiated by JAX's own rules."""
+    return lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=NHWC)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
@@ -187,9 +193,9 @@ def _conv_jvp(strides, padding, primals, tangents):
     kh, kw = kernel.shape[:2]
     # Strided: XLA's kernel gradient is window-dilated and its input gradient input-dilated,
     # both slow on CPU; as im2col their transposes are products and pads. Stride 1: both
-    # gradients as plain convolutions (:func:`_transposed`), through this function, so every
-    # order of derivative takes this rule; im2col where such a convolution's window would
-    # exceed its input (XLA swaps its operands) or its padding would be negative.
+    # gradients as plain convolutions (:func:`_transposed`); im2col where such a convolution's
+    # window would exceed its input (XLA swaps its operands) or its padding would be negative.
+    # Derivatives of the gradients (second order) are JAX's own; all orders are exact.
     im2col = strides != (1, 1) or _window_exceeds_input(x.shape, kernel.shape)
     input_im2col = (
         im2col
