@@ -24,7 +24,8 @@ CASES = [  # (input shape NHWC, kernel HWIO, strides, padding): LeNet, ResNet st
     ((2, 9, 9, 4), (3, 3, 4, 5), (2, 2), ((1, 1), (1, 1))),
     ((2, 8, 8, 4), (1, 1, 4, 6), (2, 2), ((0, 0), (0, 0))),
     ((1, 6, 7, 2), (3, 3, 2, 3), (1, 1), "SAME"),
-    ((2, 2, 2, 4), (3, 3, 4, 3), (1, 1), ((1, 1), (1, 1))),  # window wider than the output
+    ((2, 2, 2, 4), (3, 3, 4, 3), (1, 1), ((1, 1), (1, 1))),  # window larger than the input
+    ((1, 5, 4, 2), (2, 3, 2, 3), (1, 1), ((2, 0), (0, 3))),  # padding beyond the kernel
 ]
 
 
