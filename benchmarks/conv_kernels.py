@@ -51,17 +51,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def median_ms(fn, *args, calls: int) -> float:
-    """Median wall time of ``fn(*args)`` over ``calls`` calls after two untimed ones, in ms."""
-    import jax
+def median_ms(run, calls: int) -> float:
+    """Median wall time of ``run()`` (which returns once its work is done) over ``calls`` calls
+    after two untimed ones, in ms."""
     import numpy as np
 
     for _ in range(2):
-        jax.block_until_ready(fn(*args))
+        run()
     times = []
     for _ in range(calls):
         start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
+        run()
         times.append(time.perf_counter() - start)
     return 1000 * float(np.median(times))
 
@@ -101,7 +101,7 @@ def jax_cells(shape, calls: int) -> dict[str, float]:
 
     def timed(fn, options):
         compiled = jax.jit(fn).lower(x, kernel).compile(compiler_options=options)
-        return median_ms(compiled, x, kernel, calls=calls)
+        return median_ms(lambda: jax.block_until_ready(compiled(x, kernel)), calls)
 
     eigen = gemm_ops.CPU_COMPILER_OPTIONS
     return {
@@ -117,7 +117,6 @@ def jax_cells(shape, calls: int) -> dict[str, float]:
 
 def torch_cells(shape, calls: int) -> dict[str, float]:
     """PyTorch's forward and forward + gradients of one shape (NCHW), in ms."""
-    import numpy as np
     import torch
 
     _, n, side, cin, k, cout, stride, pad = shape
@@ -133,17 +132,7 @@ def torch_cells(shape, calls: int) -> dict[str, float]:
     def gradients():
         return torch.autograd.grad((conv() * c).sum(), (x, w))
 
-    def median(fn):
-        for _ in range(2):
-            fn()
-        times = []
-        for _ in range(calls):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-        return 1000 * float(np.median(times))
-
-    return {"fwd torch": median(forward), "grad torch": median(gradients)}
+    return {"fwd torch": median_ms(forward, calls), "grad torch": median_ms(gradients, calls)}
 
 
 COLUMNS = [  # (header, key)
@@ -197,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Measured {time.strftime('%Y-%m-%d %H:%M')} on {machine()}; {versions}; "
         f"{args.threads} threads each, float32, median ms of {args.calls} calls.",
         f"Command: `{command.strip()}`. Loop columns: a {LOOP_LENGTH}-iteration `lax.scan` "
-        "compiled as a loop, total / 4.",
+        f"compiled as a loop, total / {LOOP_LENGTH}.",
         "",
         *rows,
         "",

@@ -119,6 +119,32 @@ def test_window_larger_than_its_input_is_a_matrix_product_at_every_order():
         assert "conv_general_dilated" not in jaxpr
 
 
+@pytest.mark.parametrize(
+    "x_shape,k_shape,strides,padding,numbers",
+    [
+        ((2, 3, 9, 7), (4, 3, 3, 2), (1, 1), "SAME", ("NCHW", "OIHW", "NCHW")),  # other layout
+        ((2, 9, 3), (3, 3, 4), (2,), "SAME", ("NWC", "WIO", "NWC")),  # 1-D
+        ((2, 9, 7, 3), (3, 3, 3, 4), (1, 1), ((-1, 1), (1, 0)), gemm_ops.NHWC),  # cropping
+    ],
+)
+def test_other_convolutions_go_to_lax_with_the_callers_padding(
+    x_shape, k_shape, strides, padding, numbers
+):
+    kx, kk = jax.random.split(jax.random.key(1))
+    x = jax.random.normal(kx, x_shape, jnp.float64)
+    k = jax.random.normal(kk, k_shape, jnp.float64)
+
+    def loss(conv):
+        return lambda x, k: jnp.sum(
+            jnp.tanh(conv(x, k, strides, padding, dimension_numbers=numbers))
+        )
+
+    ref, new = loss(lax.conv_general_dilated), loss(gemm_ops.conv_general_dilated)
+    np.testing.assert_allclose(new(x, k), ref(x, k), rtol=1e-12)
+    for got, want in zip(jax.grad(new, (0, 1))(x, k), jax.grad(ref, (0, 1))(x, k), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
 def _ynn_fused(hlo: str, op: str) -> int:
     """How many of the compiled module's YNNPACK fusions contain an ``op`` instruction."""
     bodies = dict(re.findall(r"^(%[\w.-]+) .*?\{\n(.*?)^\}", hlo, re.M | re.S))

@@ -148,7 +148,8 @@ def _kernel_gradient(x: jax.Array, g: jax.Array, padding: tuple) -> jax.Array:
     """``∂⟨conv(x, K), g⟩/∂K`` of a stride-1 convolution, ``[kh, kw, cin, cout]``: an NHWC/HWIO
     convolution of the padded input (channels as batch, batch as features) with ``g``."""
     padded = jnp.pad(x, ((0, 0), *padding, (0, 0)))
-    out = _plain_conv(jnp.transpose(padded, (3, 1, 2, 0)), jnp.transpose(g, (1, 2, 0, 3)), _VALID)
+    lhs, rhs = jnp.transpose(padded, (3, 1, 2, 0)), jnp.transpose(g, (1, 2, 0, 3))
+    out = _lax_conv(lhs, rhs, (1, 1), ((0, 0), (0, 0)))
     return jnp.transpose(out, (1, 2, 0, 3))
 
 
@@ -158,7 +159,7 @@ def _input_gradient(g: jax.Array, kernel: jax.Array, padding: tuple) -> jax.Arra
     kh, kw = kernel.shape[:2]
     full = tuple((k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip((kh, kw), padding, strict=True))
     flipped = jnp.transpose(kernel[::-1, ::-1], (0, 1, 3, 2))
-    return _plain_conv(g, flipped, full)
+    return _lax_conv(g, flipped, (1, 1), full)
 
 
 def _transposed(gradient, out: jax.Array):
@@ -171,19 +172,16 @@ def _transposed(gradient, out: jax.Array):
     return lambda tangent: transpose(tangent)[0]
 
 
-_VALID = ((0, 0), (0, 0))
-
-
-def _plain_conv(x: jax.Array, kernel: jax.Array, padding: tuple) -> jax.Array:
-    """A stride-1 NHWC/HWIO ``lax`` convolution, differentiated by JAX's own rules."""
-    return lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=NHWC)
+def _lax_conv(x: jax.Array, kernel: jax.Array, strides: tuple, padding: tuple) -> jax.Array:
+    """An NHWC/HWIO ``lax`` convolution, differentiated by JAX's own rules."""
+    return lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=NHWC)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
 def _conv(x: jax.Array, kernel: jax.Array, strides: tuple, padding: tuple) -> jax.Array:
     if _window_exceeds_input(x.shape, kernel.shape):
         return _patch_product(x, kernel, strides, padding)
-    return lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=NHWC)
+    return _lax_conv(x, kernel, strides, padding)
 
 
 def _conv_jvp(strides, padding, primals, tangents):
@@ -231,16 +229,12 @@ def conv_general_dilated(
     precision=None,
     **kwargs,
 ) -> jax.Array:
-    """``lax.conv_general_dilated`` for 2-D NHWC/HWIO convolutions whose gradients (of every
-    order) XLA's CPU compiler runs fast: plain convolutions at stride 1, matrix products when
-    strided; other forms (dilation, groups, other layouts, negative padding, an explicit
-    precision) go to lax unchanged."""
-    strides = tuple(int(s) for s in window_strides)
-    if isinstance(padding, str):  # "VALID" / "SAME" as lax resolves them
-        padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
+    """``lax.conv_general_dilated`` for 2-D NHWC/HWIO convolutions whose gradients XLA's CPU
+    compiler runs fast, also inside loops: plain convolutions at stride 1, matrix products when
+    strided (exact at every order); other forms (dilation, groups, other layouts, negative
+    padding, an explicit precision) go to lax unchanged."""
     plain = (
         lhs.ndim == 4
-        and all(p >= 0 for pair in padding for p in pair)
         and all(d == 1 for d in (lhs_dilation or (1, 1)))
         and all(d == 1 for d in (rhs_dilation or (1, 1)))
         and feature_group_count == 1
@@ -248,12 +242,18 @@ def conv_general_dilated(
         and _is_nhwc(dimension_numbers)
         and not kwargs
     )
+    if plain:
+        strides = tuple(int(s) for s in window_strides)
+        if isinstance(padding, str):  # "VALID" / "SAME" as lax resolves them
+            padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
+        padding = _pairs(padding, 2)
+        plain = all(p >= 0 for pair in padding for p in pair)
     if not plain:
         return lax.conv_general_dilated(
             lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
             dimension_numbers, feature_group_count, precision=precision, **kwargs,
         )  # fmt: skip
-    return _conv(lhs, rhs, strides, _pairs(padding, 2))
+    return _conv(lhs, rhs, strides, padding)
 
 
 def _is_nhwc(dimension_numbers) -> bool:
