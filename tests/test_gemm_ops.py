@@ -199,6 +199,47 @@ def test_a_users_own_ynnpack_setting_wins(cpu_options, monkeypatch):
     assert gemm_ops.compiler_options(True) is None
 
 
+def test_a_users_own_disabled_passes_win(cpu_options, monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", f"--{gemm_ops.PASSES_OPTION}=some-pass")
+    options = gemm_ops.compiler_options(True)
+    assert gemm_ops.PASSES_OPTION not in options
+    assert options[gemm_ops.YNN_OPTION] == cpu_options[gemm_ops.YNN_OPTION]
+
+
+def _computations_with(hlo: str, op: str) -> int:
+    """How many computations of a compiled module contain an ``op`` instruction."""
+    bodies = re.findall(r"^%[\w.-]+ .*?\{\n(.*?)^\}", hlo, re.M | re.S)
+    return sum(f" {op}(" in body for body in bodies)
+
+
+def test_a_convolutions_input_is_computed_once_in_its_gradient(cpu_options):
+    """The input's elementwise producer (here a ReLU) is evaluated in one fusion, not again
+    inside the kernel gradient's transposes, and the gradient is unchanged."""
+    k0, k1, k2 = jax.random.split(jax.random.key(0), 3)
+    a = jax.random.normal(k0, (4, 8, 8, 16), jnp.float32)
+    kernel = jax.random.normal(k1, (3, 3, 16, 16), jnp.float32)
+    scale = jax.random.normal(k2, (1, 1, 1, 16), jnp.float32)
+
+    def gradient(conv):
+        def loss(kernel, a, scale):
+            x = jax.nn.relu(a * scale + 1.0)
+            y = conv(x, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=gemm_ops.NHWC)
+            return jnp.sum(y**2)
+
+        return jax.grad(loss)
+
+    def compiled(options):
+        jitted = jax.jit(gradient(gemm_ops.conv_general_dilated), compiler_options=options)
+        return jitted.lower(kernel, a, scale).compile()
+
+    pinned = compiled(cpu_options)
+    assert _computations_with(pinned.as_text(), "maximum") == 1
+    without = {gemm_ops.YNN_OPTION: cpu_options[gemm_ops.YNN_OPTION]}  # barriers dropped
+    assert _computations_with(compiled(without).as_text(), "maximum") == 2  # what it fixes
+    want = gradient(lax.conv_general_dilated)(kernel, a, scale)
+    np.testing.assert_allclose(pinned(kernel, a, scale), want, rtol=1e-4, atol=1e-3)
+
+
 @pytest.mark.parametrize(
     "shape,window,strides,padding",
     [
