@@ -20,7 +20,9 @@ the timed iterations; on a GPU each iteration is timed to its last kernel's end 
 FLOPs (:func:`model_flops`): XLA's cost analysis of the step lowered for the CPU before
 optimisation, with step C unrolled, so the count is the model's arithmetic (every forward,
 backward and double-backward pass), not the compiler's rewrites; for MetaAlign the mean of its
-two roles. ``--peak-tflops`` turns the achieved rate into model FLOP utilisation (MFU).
+two roles. ``--peak-tflops`` turns the achieved rate into model FLOP utilisation (MFU). The
+report also gives each framework's rate for one dense float32 2048×2048 product on the device
+(:func:`matmul_gflops`), the practical peak against which both frameworks' TFLOP/s columns read.
 
 Peak memory. JAX: the compiled step's ``memory_analysis()``, arguments (state + batch) + XLA
 temporaries + outputs not aliased to donated inputs. PyTorch: the bytes of the persistent state
@@ -335,6 +337,42 @@ def median_ms(run, offset: int, iterations: int) -> float:
     return 1000 * float(np.median([run(offset + i) for i in range(iterations)]))
 
 
+def matmul_gflops(device: str, n: int = 2048, calls: int = 10) -> tuple[float, float]:
+    """GFLOP/s of one float32 ``n×n @ n×n`` product in JAX (compiled with the library's CPU
+    options) and in PyTorch, median of ``calls``: the practical peak the steps' rates compare
+    to on this machine."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import torch
+
+    from uda_jax.models import gemm_ops
+
+    a = jnp.ones((n, n), jnp.float32)
+    product = jax.jit(jnp.dot, compiler_options=gemm_ops.compiler_options(True))
+    product = product.lower(a, a).compile()
+    torch_device = "cuda" if device == "gpu" else "cpu"
+    t = torch.ones(n, n, device=torch_device)
+
+    def time_torch() -> float:
+        start = time.perf_counter()
+        torch.mm(t, t)
+        if torch_device == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    def time_jax() -> float:
+        start = time.perf_counter()
+        jax.block_until_ready(product(a, a))
+        return time.perf_counter() - start
+
+    rates = []
+    for run in (time_jax, time_torch):
+        run()  # warm-up
+        rates.append(2 * n**3 / float(np.median([run() for _ in range(calls)])) / 1e9)
+    return rates[0], rates[1]
+
+
 def machine() -> str:
     """``lscpu`` model name and CPU count."""
     try:
@@ -399,10 +437,17 @@ def main(argv: list[str] | None = None) -> int:
     mfu = " | MFU" if args.peak_tflops else ""
     header = (
         "| network | method | batch | repeat | JAX ms | PyTorch ms | speed-up (PyTorch/JAX) "
-        f"| JAX peak MB | PyTorch peak MB | GFLOP/iter | JAX TFLOP/s{mfu} |"
+        f"| JAX peak MB | PyTorch peak MB | GFLOP/iter | JAX TFLOP/s | PyTorch TFLOP/s{mfu} |"
     )
     rows = [header, "|---" * header.count(" | ") + "|---|"]
     print(f"torch threads {torch.get_num_threads()}, {describe_device(device)}", flush=True)
+    jax_peak, torch_peak = matmul_gflops(device)
+    peak_line = (
+        f"Dense float32 2048×2048 product on this device: JAX {jax_peak:.0f} GFLOP/s, "
+        f"PyTorch {torch_peak:.0f} GFLOP/s (median of 10; the practical peak the TFLOP/s "
+        "columns compare to)."
+    )
+    print(peak_line, flush=True)
     print("\n".join(rows), flush=True)
     notes = []
     for network in args.networks:
@@ -434,7 +479,11 @@ def main(argv: list[str] | None = None) -> int:
                 offset = warmup + 1 + repeat * iterations
                 jax_ms, torch_ms = (median_ms(run, offset, iterations) for run in runs.values())
                 rate = flops / jax_ms / 1e9 if flops else None  # TFLOP/s
-                rate_cells = f"| {flops / 1e9:.1f} | {rate:.3g} |" if rate else "| – | – |"
+                rate_cells = (
+                    f"| {flops / 1e9:.1f} | {rate:.3g} | {flops / torch_ms / 1e9:.3g} |"
+                    if rate
+                    else "| – | – | – |"
+                )
                 if args.peak_tflops:
                     rate_cells += f" {100 * rate / args.peak_tflops:.1f} % |" if rate else " – |"
                 rows.append(
@@ -461,7 +510,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.repeats} repeats of [JAX block, PyTorch block], each the median of "
         f"{args.iterations} iterations ({args.resnet_iterations or args.iterations} for "
         "ResNet-50). GFLOP/iter: XLA's count for the lowered JAX step (the PyTorch iteration "
-        "does the same passes).",
+        "does the same passes; PyTorch TFLOP/s divides the same count by its time).",
+        peak_line,
         "",
         *rows,
         "",
