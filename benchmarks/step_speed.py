@@ -337,13 +337,19 @@ def median_ms(run, offset: int, iterations: int) -> float:
     return 1000 * float(np.median([run(offset + i) for i in range(iterations)]))
 
 
+def _seconds(call) -> float:
+    """Wall time of ``call()`` in seconds."""
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
+
+
 def matmul_gflops(device: str, n: int = 2048, calls: int = 10) -> tuple[float, float]:
     """GFLOP/s of one float32 ``n×n @ n×n`` product in JAX (compiled with the library's CPU
     options) and in PyTorch, median of ``calls``: the practical peak the steps' rates compare
     to on this machine."""
     import jax
     import jax.numpy as jnp
-    import numpy as np
     import torch
 
     from uda_jax.models import gemm_ops
@@ -351,25 +357,18 @@ def matmul_gflops(device: str, n: int = 2048, calls: int = 10) -> tuple[float, f
     a = jnp.ones((n, n), jnp.float32)
     product = jax.jit(jnp.dot, compiler_options=gemm_ops.compiler_options(True))
     product = product.lower(a, a).compile()
-    torch_device = "cuda" if device == "gpu" else "cpu"
-    t = torch.ones(n, n, device=torch_device)
+    t = torch.ones(n, n, device="cuda" if device == "gpu" else "cpu")
 
-    def time_torch() -> float:
-        start = time.perf_counter()
+    def torch_product() -> None:
         torch.mm(t, t)
-        if torch_device == "cuda":
+        if device == "gpu":
             torch.cuda.synchronize()
-        return time.perf_counter() - start
-
-    def time_jax() -> float:
-        start = time.perf_counter()
-        jax.block_until_ready(product(a, a))
-        return time.perf_counter() - start
 
     rates = []
-    for run in (time_jax, time_torch):
-        run()  # warm-up
-        rates.append(2 * n**3 / float(np.median([run() for _ in range(calls)])) / 1e9)
+    for product_once in (lambda: jax.block_until_ready(product(a, a)), torch_product):
+        product_once()  # warm-up
+        ms = median_ms(lambda _, call=product_once: _seconds(call), 0, calls)
+        rates.append(2 * n**3 / ms / 1e6)
     return rates[0], rates[1]
 
 

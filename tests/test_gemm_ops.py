@@ -145,9 +145,14 @@ def test_other_convolutions_go_to_lax_with_the_callers_padding(
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
 
 
+def _computations(hlo: str) -> dict[str, str]:
+    """The compiled module's computations: name → body text."""
+    return dict(re.findall(r"^(%[\w.-]+) .*?\{\n(.*?)^\}", hlo, re.M | re.S))
+
+
 def _ynn_fused(hlo: str, op: str) -> int:
     """How many of the compiled module's YNNPACK fusions contain an ``op`` instruction."""
-    bodies = dict(re.findall(r"^(%[\w.-]+) .*?\{\n(.*?)^\}", hlo, re.M | re.S))
+    bodies = _computations(hlo)
     called = re.findall(r"calls=(%[\w.-]+).*__ynn_fusion", hlo)
     return sum(f" {op}(" in bodies.get(name, "") for name in called)
 
@@ -208,8 +213,7 @@ def test_a_users_own_disabled_passes_win(cpu_options, monkeypatch):
 
 def _computations_with(hlo: str, op: str) -> int:
     """How many computations of a compiled module contain an ``op`` instruction."""
-    bodies = re.findall(r"^%[\w.-]+ .*?\{\n(.*?)^\}", hlo, re.M | re.S)
-    return sum(f" {op}(" in body for body in bodies)
+    return sum(f" {op}(" in body for body in _computations(hlo).values())
 
 
 def test_a_convolutions_input_is_computed_once_in_its_gradient(cpu_options):
