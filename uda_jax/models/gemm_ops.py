@@ -15,12 +15,13 @@ On CPU three of XLA's own choices are slow for these networks; this module repla
   NHWC/HWIO outside a loop but, inside a ``while`` body (step C compiled as a loop), leaves on a
   generic loop 4–36× slower; here a stride-1 convolution's kernel and input gradients are plain
   NHWC/HWIO convolutions (first-order ones: those of a second-order gradient are JAX's own,
-  fine outside a loop). A strided convolution's gradients (window- and
-  input-dilated in XLA) are matrix products over the patches (im2col, one product per kernel
-  row), and so is a convolution whose window is larger than its input (XLA swaps its operands
-  onto the generic loop). A ``custom_jvp`` whose rule computes its primal output and its
-  tangents with the function itself, so ``jax.grad`` of ``jax.grad`` and ``jax.jvp`` are exact
-  at every order.
+  fine outside a loop). A strided convolution's gradients (window- and input-dilated in XLA)
+  are matrix products over the patches (im2col, one product per kernel row), and so is a
+  convolution whose window is larger than its input (XLA swaps its operands onto the generic
+  loop). A one-channel convolution's value (LeNet's first layer) is a sum of window views times
+  the kernel's taps (:func:`_window_sum`). A ``custom_jvp`` whose rule computes its primal output
+  and its tangents with the function itself, so ``jax.grad`` of ``jax.grad`` and ``jax.jvp``
+  are exact at every order.
 * :func:`max_pool`: the window's maximum through a one-hot mask of its first maximal element
   (PyTorch's and XLA's choice on ties), so the gradient is elementwise, with no
   select-and-scatter (a third of the digits CGDM step's time).
@@ -191,10 +192,28 @@ def _lax_conv(x: jax.Array, kernel: jax.Array, strides: tuple, padding: tuple) -
     return lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=NHWC)
 
 
+def _window_sum(x: jax.Array, kernel: jax.Array, strides: tuple, padding: tuple) -> jax.Array:
+    """A one-channel convolution (LeNet's first layer) as the sum of its ``kh·kw`` strided
+    window views, each times its tap's ``cout`` weights: elementwise work that ran 1.1-9× faster
+    than XLA's CPU convolution, which contracts over only ``kh·kw``, on the six shapes measured
+    (LeNet conv1's forward: 0.67 against 2.0 ms; digits CGDM and MetaAlign steps 5 % faster).
+    Behind an optimisation barrier, so XLA materialises it once rather than
+    fusing the sum into each consumer (BatchNorm statistics, max-pool) and recomputing it."""
+    kh, kw, _, cout = kernel.shape
+    dtype = x.dtype  # lax requires the kernel's to equal it
+    accumulator = jnp.float32 if jnp.finfo(dtype).bits < 32 else dtype  # bf16 sums in float32
+    views = _windows(x.astype(accumulator), (kh, kw), strides, padding, 0.0)  # [N, H', W', 1]
+    taps = kernel.astype(accumulator).reshape(kh * kw, 1, 1, 1, cout)  # no rank promotion
+    out = _total(v * taps[i] for i, v in enumerate(views))
+    return lax.optimization_barrier(out.astype(dtype))
+
+
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
 def _conv(x: jax.Array, kernel: jax.Array, strides: tuple, padding: tuple) -> jax.Array:
     if _window_exceeds_input(x.shape, kernel.shape):
         return _patch_product(x, kernel, strides, padding)
+    if kernel.shape[2] == 1:
+        return _window_sum(x, kernel, strides, padding)
     return _lax_conv(x, kernel, strides, padding)
 
 
