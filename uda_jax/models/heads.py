@@ -17,6 +17,7 @@ from flax import linen as nn
 from uda_jax.models.layers import (
     BatchNorm,
     Dense,
+    Dropout,
     normal_init,
     torch_bias_init,
     torch_uniform_init,
@@ -70,7 +71,7 @@ class Classifier(nn.Module):
         reference = self.init_scheme == "reference"
         bn_scale_init = normal_init(1.0, 0.01) if reference else nn.initializers.ones
         for index, width in enumerate(self.widths):
-            x = nn.Dropout(self.dropout, deterministic=not train)(x)
+            x = Dropout(self.dropout, deterministic=not train)(x)
             kernel_init, bias_init = _dense_inits(self.init_scheme, x.shape[-1])
             x = Dense(
                 width,
@@ -151,7 +152,7 @@ class Discriminator(nn.Module):
         )
         for index in (1, 2):
             x = nn.relu(dense(self.hidden, f"ad_layer{index}")(x))
-            x = nn.Dropout(self.dropout, deterministic=not train)(x)
+            x = Dropout(self.dropout, deterministic=not train)(x)
         d = dense(1, "ad_layer3")(x)[:, 0]
         if not self.bridge:
             return d, jnp.zeros_like(d)
