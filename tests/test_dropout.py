@@ -42,11 +42,11 @@ def test_packed_mask_draws_a_fresh_mask_per_key_and_one_per_key():
     assert 0.45 < float(jnp.mean(a != b)) < 0.55
 
 
-def test_other_probabilities_are_jax_random_bernoulli():
+def test_other_probabilities_and_shapes_are_jax_random_bernoulli():
     key = jax.random.key(3)
-    for keep in (0.9, 0.3, 1 / 3):
+    for keep, shape in ((0.9, SHAPE), (0.3, SHAPE), (1 / 3, SHAPE), (0.5, ()), (0.5, (0, 7))):
         np.testing.assert_array_equal(
-            bernoulli_mask(key, keep, SHAPE), jax.random.bernoulli(key, keep, SHAPE)
+            bernoulli_mask(key, keep, shape), jax.random.bernoulli(key, keep, shape)
         )
 
 

@@ -197,8 +197,8 @@ def _window_sum(x: jax.Array, kernel: jax.Array, strides: tuple, padding: tuple)
     window views, each times its tap's ``cout`` weights: elementwise work that ran 1.1-9× faster
     than XLA's CPU convolution, which contracts over only ``kh·kw``, on the six shapes measured
     (LeNet conv1's forward: 0.67 against 2.0 ms; digits CGDM and MetaAlign steps 5 % faster).
-    Behind an optimisation barrier, so XLA materialises it once rather than
-    fusing the sum into each consumer (BatchNorm statistics, max-pool) and recomputing it."""
+    Behind an optimisation barrier, so XLA materialises it once rather than fusing the sum into
+    each consumer (BatchNorm statistics, max-pool) and recomputing it there."""
     kh, kw, _, cout = kernel.shape
     dtype = x.dtype  # lax requires the kernel's to equal it
     accumulator = jnp.float32 if jnp.finfo(dtype).bits < 32 else dtype  # bf16 sums in float32

@@ -162,14 +162,14 @@ def bernoulli_mask(key: jax.Array, keep: float, shape: tuple[int, ...]) -> jax.A
     Placement-independent like ``jax.random.bits``: the same mask on one device or sharded.
     """
     bits = _field_bits(keep)
-    if bits is None or not shape:
+    if bits is None or not shape or math.prod(shape) == 0:  # no last axis to pack along
         return jax.random.bernoulli(key, keep, shape)
     per_word = 32 // bits
     *lead, last = shape
     words = jax.random.bits(key, (*lead, -(-last // per_word)), jnp.uint32)
     shifts = jnp.arange(0, 32, bits, dtype=jnp.uint32).reshape((1,) * len(shape) + (per_word,))
     fields = (words[..., None] >> shifts) & jnp.uint32(2**bits - 1)
-    fields = fields.reshape(*lead, -1)[..., :last]
+    fields = fields.reshape(*lead, -1)[..., :last]  # the last word's spare fields cut off
     return fields < jnp.uint32(int(keep * 2**bits))
 
 
