@@ -293,3 +293,32 @@ def test_kernels_setting_is_checked_and_auto_means_gemm_on_cpu():
     with pytest.raises(ValueError, match=r"model\.kernels"):
         gemm_ops.use_gemm_kernels("fast")
     assert load_config(None, ["model.kernels=xla"]).model.kernels == "xla"
+
+
+def test_lenet_with_these_ops_equals_lenet_with_xlas_in_value_and_gradient():
+    from uda_jax.models.digits import LeNetEncoder
+
+    x = jax.random.normal(jax.random.key(0), (4, 32, 32, 1), jnp.float64)
+    ours, theirs = LeNetEncoder(gemm_kernels=True), LeNetEncoder(gemm_kernels=False)
+    variables = theirs.init(jax.random.key(1), x.astype(jnp.float32), train=True)
+    variables = jax.tree.map(lambda a: a.astype(jnp.float64), variables)  # float32 params
+
+    def loss(model):
+        def f(params):
+            out, _ = model.apply(
+                {**variables, "params": params}, x, train=True, mutable=["batch_stats"]
+            )
+            return jnp.sum(jnp.tanh(out))
+
+        return f
+
+    np.testing.assert_allclose(loss(ours)(variables["params"]), loss(theirs)(variables["params"]))
+    for got, want in zip(
+        jax.tree.leaves(jax.grad(loss(ours))(variables["params"])),
+        jax.tree.leaves(jax.grad(loss(theirs))(variables["params"])),
+        strict=True,
+    ):
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+    # the features leave the encoder as one pinned buffer that every head reads
+    jaxpr = jax.make_jaxpr(lambda x: ours.apply(variables, x, train=False))(x).jaxpr
+    assert jaxpr.eqns[-1].primitive.name == "optimization_barrier"

@@ -8,7 +8,7 @@ On CPU three of XLA's own choices are slow for these networks; this module repla
   slower than with XLA's Eigen convolutions (``benchmarks/results/conv_kernels.md``; YNNPACK's
   forward alone was faster on 1- and 3-channel inputs). The options keep YNNPACK for matrix
   products and reductions; train and eval steps compile with them. They also keep
-  optimisation barriers through fusion, so :func:`_pinned` can stop XLA from recomputing a
+  optimisation barriers through fusion, so :func:`pinned` can stop XLA from recomputing a
   convolution's input inside the backward pass's transposes (ResNet-50 CGDM step 13 % faster).
 * :func:`conv_general_dilated`: ``lax.conv_general_dilated`` with gradients XLA's CPU compiler
   runs fast. JAX's own transposes of a convolution carry dimension orders that XLA reorders into
@@ -54,7 +54,7 @@ CPU_COMPILER_OPTIONS = {
     # batch become reduce-windows, 2-3× slower in a BatchNorm)
     YNN_OPTION: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE",
     # keep optimisation barriers through fusion (XLA's CPU pipeline drops them before it):
-    # see _pinned
+    # see pinned
     PASSES_OPTION: "cse_barrier_expander",
 }
 
@@ -70,7 +70,7 @@ def compiler_options(gemm_kernels: bool) -> dict[str, Any] | None:
     """``jax.jit``'s ``compiler_options`` for steps of a network built with ``gemm_kernels``:
     :data:`CPU_COMPILER_OPTIONS` on CPU; None off CPU, with XLA's own kernels, when the user set
     the YNNPACK option in ``XLA_FLAGS`` (their choice wins) or when this jaxlib lacks it. A user's
-    own ``xla_disable_hlo_passes`` also wins (the barriers of :func:`_pinned` are then dropped:
+    own ``xla_disable_hlo_passes`` also wins (the barriers of :func:`pinned` are then dropped:
     slower, same values)."""
     if not gemm_kernels or jax.default_backend() != "cpu":
         return None
@@ -217,21 +217,21 @@ def _conv(x: jax.Array, kernel: jax.Array, strides: tuple, padding: tuple) -> ja
     return _lax_conv(x, kernel, strides, padding)
 
 
-def _pinned(x: jax.Array) -> jax.Array:
-    """``x`` behind an optimisation barrier: one buffer that the forward convolution and the
-    kernel gradient's transposes both read. Without it XLA's CPU compiler fuses ``x``'s
-    elementwise producers into those transposes and recomputes them there, in transposed order
-    and, through a ResNet's residual adds, back through every block of the stage (those
-    transposes took 24 % of a ResNet-50 CGDM step). Identity in value and in derivatives of
-    every order; the barrier survives fusion under :data:`CPU_COMPILER_OPTIONS` and is dropped
-    (harmless) elsewhere."""
+def pinned(x: jax.Array) -> jax.Array:
+    """``x`` behind an optimisation barrier: one buffer that all its consumers read, where XLA's
+    CPU compiler would fuse ``x``'s elementwise producers into each consumer and recompute them
+    there. On a convolution's input (in :func:`_conv_jvp`) it stops their recomputation inside
+    the kernel gradient's transposes, in transposed order and, through a ResNet's residual adds,
+    back through every block of the stage (those transposes took 24 % of a ResNet-50 CGDM step).
+    Identity in value and in derivatives of every order; the barrier survives fusion under
+    :data:`CPU_COMPILER_OPTIONS` and is dropped (harmless) elsewhere."""
     return lax.optimization_barrier(x)
 
 
 def _conv_jvp(strides, padding, primals, tangents):
     x, kernel = primals
     dx, dkernel = tangents
-    x = _pinned(x)
+    x = pinned(x)
     out = _conv(x, kernel, strides, padding)
     kh, kw = kernel.shape[:2]
     # Strided: XLA's kernel gradient is window-dilated and its input gradient input-dilated,
