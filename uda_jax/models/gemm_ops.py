@@ -205,7 +205,7 @@ def _window_sum(x: jax.Array, kernel: jax.Array, strides: tuple, padding: tuple)
     views = _windows(x.astype(accumulator), (kh, kw), strides, padding, 0.0)  # [N, H', W', 1]
     taps = kernel.astype(accumulator).reshape(kh * kw, 1, 1, 1, cout)  # no rank promotion
     out = _total(v * taps[i] for i, v in enumerate(views))
-    return lax.optimization_barrier(out.astype(dtype))
+    return pinned(out.astype(dtype))
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
