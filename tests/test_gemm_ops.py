@@ -28,6 +28,8 @@ CASES = [  # (input shape NHWC, kernel HWIO, strides, padding): LeNet, ResNet st
     ((1, 5, 4, 2), (2, 3, 2, 3), (1, 1), ((2, 0), (0, 3))),  # padding beyond the kernel
     ((2, 12, 12, 1), (5, 5, 1, 4), (1, 1), "VALID"),  # one channel (LeNet conv1): window sum
     ((2, 9, 8, 1), (3, 3, 1, 3), (2, 2), ((1, 0), (1, 1))),  # one channel, strided, padded
+    ((1, 2, 2, 6), (1, 1, 6, 8), (1, 1), "VALID"),  # kernel outweighs the input: products
+    ((1, 3, 3, 4), (3, 3, 4, 5), (1, 1), "SAME"),  # kernel outweighs kw × the input
 ]
 
 
@@ -115,12 +117,23 @@ def test_one_channel_convolution_is_a_window_sum_with_convolution_gradients():
     assert str(jax.make_jaxpr(jax.grad(conv))(k)).count("conv_general_dilated") == 1
 
 
-def test_window_larger_than_its_input_is_a_matrix_product_at_every_order():
-    # ResNet-50's last stage on 64×64 images: 3×3 over 2×2, which XLA's CPU compiler turns into
-    # an operand-swapped convolution on its generic loop; value and gradients are products
-    x = jnp.ones((2, 2, 2, 4))
-    k = jnp.ones((3, 3, 4, 5))
-    conv = lambda x, k: jnp.sum(jnp.tanh(_gemm_conv(x, k, (1, 1), ((1, 1), (1, 1)))))
+@pytest.mark.parametrize(
+    "x_shape,k_shape",
+    [
+        # ResNet-50's last stage on 64×64 images: 3×3 over 2×2, which XLA's CPU compiler turns
+        # into an operand-swapped convolution on its generic loop
+        ((2, 2, 2, 4), (3, 3, 4, 5)),
+        # kernels with more elements than kw × the input (ResNet-50's last two stages at 64×64)
+        ((2, 3, 3, 16), (1, 1, 16, 20)),
+        ((2, 3, 3, 8), (3, 3, 8, 8)),
+    ],
+)
+def test_window_larger_than_or_kernel_outweighing_its_input_is_products_at_every_order(
+    x_shape, k_shape
+):
+    x, k = jnp.ones(x_shape), jnp.ones(k_shape)
+    padding = ((k_shape[0] // 2,) * 2,) * 2
+    conv = lambda x, k: jnp.sum(jnp.tanh(_gemm_conv(x, k, (1, 1), padding)))
     for fn in (
         conv,
         jax.grad(conv, (0, 1)),
@@ -129,6 +142,14 @@ def test_window_larger_than_its_input_is_a_matrix_product_at_every_order():
         jaxpr = str(jax.make_jaxpr(fn)(x, k))
         assert "dot_general" in jaxpr
         assert "conv_general_dilated" not in jaxpr
+
+
+def test_a_kernel_as_large_as_its_input_stays_a_convolution():
+    # the threshold: 16·18 kernel elements against 1 × 2·3·3·16 input elements
+    x, k = jnp.ones((2, 3, 3, 16)), jnp.ones((1, 1, 16, 18))
+    conv = lambda x, k: jnp.sum(jnp.tanh(_gemm_conv(x, k, (1, 1), "VALID")))
+    assert "conv_general_dilated" in str(jax.make_jaxpr(conv)(x, k))
+    assert "dot_general" not in str(jax.make_jaxpr(jax.grad(conv, (0, 1)))(x, k))
 
 
 @pytest.mark.parametrize(

@@ -18,10 +18,12 @@ On CPU three of XLA's own choices are slow for these networks; this module repla
   fine outside a loop). A strided convolution's gradients (window- and input-dilated in XLA)
   are matrix products over the patches (im2col, one product per kernel row), and so is a
   convolution whose window is larger than its input (XLA swaps its operands onto the generic
-  loop). A one-channel convolution's value (LeNet's first layer) is a sum of window views times
-  the kernel's taps (:func:`_window_sum`). A ``custom_jvp`` whose rule computes its primal output
-  and its tangents with the function itself, so ``jax.grad`` of ``jax.grad`` and ``jax.jvp``
-  are exact at every order.
+  loop) or whose kernel outweighs its input (:func:`_patches_copy_less`: ResNet-50's last two
+  stages on small images, where the kernel's transposed copy dominated). A one-channel
+  convolution's value (LeNet's first layer) is a sum of window views times the kernel's taps
+  (:func:`_window_sum`). A ``custom_jvp`` whose rule computes its primal output and its
+  tangents with the function itself, so ``jax.grad`` of ``jax.grad`` and ``jax.jvp`` are exact
+  at every order.
 * :func:`max_pool`: the window's maximum through a one-hot mask of its first maximal element
   (PyTorch's and XLA's choice on ties), so the gradient is elementwise, with no
   select-and-scatter (a third of the digits CGDM step's time).
@@ -159,6 +161,25 @@ def _window_exceeds_input(x_shape, kernel_shape) -> bool:
     return any(k > size for k, size in zip(kernel_shape[:2], x_shape[1:3], strict=True))
 
 
+def _patches_copy_less(x_shape, kernel_shape) -> bool:
+    """Whether the kernel has more elements than the ``kw`` shifted column views of the input
+    that :func:`_patch_product` copies. Then im2col, whose input gradient reads the kernel in
+    place, copies less than a convolution, whose input gradient reads a transposed, flipped
+    copy of the kernel. On ResNet-50 at 64×64, batch 8, that is the last two stages, where a
+    1×1 convolution's forward and gradients took 0.9-1.0 ms as products against 1.1-3.8 ms
+    as convolutions, a 3×3's 2.0 against 2.6 ms (interleaved A/B of the whole step: CGDM
+    0.934×, GVB-GD + MetaAlign 0.967×); one stage earlier, below the threshold, the
+    convolutions were faster."""
+    kernel_size = kernel_shape[0] * kernel_shape[1] * kernel_shape[2] * kernel_shape[3]
+    input_size = x_shape[0] * x_shape[1] * x_shape[2] * x_shape[3]
+    return kernel_size > kernel_shape[1] * input_size
+
+
+def _use_patches(x_shape, kernel_shape) -> bool:
+    """Whether a convolution and its gradients run as :func:`_patch_product`."""
+    return _window_exceeds_input(x_shape, kernel_shape) or _patches_copy_less(x_shape, kernel_shape)
+
+
 def _kernel_gradient(x: jax.Array, g: jax.Array, padding: tuple) -> jax.Array:
     """``∂⟨conv(x, K), g⟩/∂K`` of a stride-1 convolution, ``[kh, kw, cin, cout]``: an NHWC/HWIO
     convolution of the padded input (channels as batch, batch as features) with ``g``."""
@@ -210,7 +231,7 @@ def _window_sum(x: jax.Array, kernel: jax.Array, strides: tuple, padding: tuple)
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
 def _conv(x: jax.Array, kernel: jax.Array, strides: tuple, padding: tuple) -> jax.Array:
-    if _window_exceeds_input(x.shape, kernel.shape):
+    if _use_patches(x.shape, kernel.shape):
         return _patch_product(x, kernel, strides, padding)
     if kernel.shape[2] == 1:
         return _window_sum(x, kernel, strides, padding)
@@ -236,10 +257,11 @@ def _conv_jvp(strides, padding, primals, tangents):
     kh, kw = kernel.shape[:2]
     # Strided: XLA's kernel gradient is window-dilated and its input gradient input-dilated,
     # both slow on CPU; as im2col their transposes are products and pads. Stride 1: both
-    # gradients as plain convolutions (:func:`_transposed`); im2col where such a convolution's
-    # window would exceed its input (XLA swaps its operands) or its padding would be negative.
+    # gradients as plain convolutions (:func:`_transposed`); im2col where the kernel outweighs
+    # the input or such a convolution's window would exceed its input (XLA swaps its operands)
+    # or its padding would be negative.
     # Derivatives of the gradients (second order) are JAX's own; all orders are exact.
-    im2col = strides != (1, 1) or _window_exceeds_input(x.shape, kernel.shape)
+    im2col = strides != (1, 1) or _use_patches(x.shape, kernel.shape)
     input_im2col = (
         im2col
         or _window_exceeds_input(out.shape, kernel.shape)
