@@ -30,6 +30,7 @@ CASES = [  # (input shape NHWC, kernel HWIO, strides, padding): LeNet, ResNet st
     ((2, 9, 8, 1), (3, 3, 1, 3), (2, 2), ((1, 0), (1, 1))),  # one channel, strided, padded
     ((1, 2, 2, 6), (1, 1, 6, 8), (1, 1), "VALID"),  # kernel outweighs the input: products
     ((1, 3, 3, 4), (3, 3, 4, 5), (1, 1), "SAME"),  # kernel outweighs kw × the input
+    ((1, 4, 4, 6), (1, 1, 6, 20), (2, 2), "VALID"),  # strided, outweighing: value as products
 ]
 
 

@@ -169,7 +169,8 @@ def _patches_copy_less(x_shape, kernel_shape) -> bool:
     1×1 convolution's forward and gradients took 0.9-1.0 ms as products against 1.1-3.8 ms
     as convolutions, a 3×3's 2.0 against 2.6 ms (interleaved A/B of the whole step: CGDM
     0.934×, GVB-GD + MetaAlign 0.967×); one stage earlier, below the threshold, the
-    convolutions were faster."""
+    convolutions were faster. A strided convolution's gradients are products anyway; when its
+    kernel outweighs its input, its value is too."""
     kernel_size = kernel_shape[0] * kernel_shape[1] * kernel_shape[2] * kernel_shape[3]
     input_size = x_shape[0] * x_shape[1] * x_shape[2] * x_shape[3]
     return kernel_size > kernel_shape[1] * input_size
