@@ -36,6 +36,7 @@ gradients are fast there.
 from __future__ import annotations
 
 import functools
+import math
 import operator
 import os
 from collections.abc import Sequence
@@ -171,9 +172,7 @@ def _patches_copy_less(x_shape, kernel_shape) -> bool:
     0.934×, GVB-GD + MetaAlign 0.967×); one stage earlier, below the threshold, the
     convolutions were faster. A strided convolution's gradients are products anyway; when its
     kernel outweighs its input, its value is too."""
-    kernel_size = kernel_shape[0] * kernel_shape[1] * kernel_shape[2] * kernel_shape[3]
-    input_size = x_shape[0] * x_shape[1] * x_shape[2] * x_shape[3]
-    return kernel_size > kernel_shape[1] * input_size
+    return math.prod(kernel_shape) > kernel_shape[1] * math.prod(x_shape)
 
 
 def _use_patches(x_shape, kernel_shape) -> bool:
