@@ -5,8 +5,9 @@ iteration on the same CPU or GPU, in one process, on the same batches.
     python benchmarks/step_speed.py --device gpu --resnet-batch 0 --resnet-size 224 \
         --peak-tflops 494.7          # H100 SXM dense TF32: the MFU column
 
-JAX side: the library's own jitted loop steps (``compile_loop_step``, one per MetaAlign role,
-chosen per iteration as ``make_step_fn`` chooses them), lowered and compiled once for timing,
+JAX side: the library's own jitted loop steps (``compile_loop_step``, one per role of
+``step_roles`` that the cell's iterations use: MetaAlign's two, CGDM's after-warm-up one; chosen
+per iteration as ``make_step_fn`` chooses them), lowered and compiled once for timing,
 memory and FLOP count, built from the digits configs; batches from ``DomainPairStream``, placed
 on the device beforehand as PyTorch's are. CGDM with ``method.warmup_steps=0`` and clustered
 pseudo-labels, so L^W and the double-backprop L_GD are on. PyTorch side:
@@ -46,6 +47,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = {"cgdm": "digits_cgdm", "metaalign": "digits_gvb_metaalign"}
+ROLE_HORIZON = 1000  # the cells run fewer iterations than this: the roles they use
 MB = 1024 * 1024
 
 
@@ -162,9 +164,11 @@ class JaxCell:
         )
         self.host_batches = [next(stream) for _ in range(8)]  # shared with PyTorch
         self.batches = [jax.device_put(b) for b in self.host_batches]  # on the device, as torch's
-        # the functions make_step_fn compiles: one, or one per MetaAlign role, chosen by step
+        # the functions make_step_fn compiles: one per role, chosen by step
         ctx = self.experiment.ctx
         roles, self.role = step_roles(self.experiment)
+        used = {self.role(step) for step in range(ROLE_HORIZON)}  # CGDM: no warm-up role
+        roles = {k: fn for k, fn in roles.items() if k in used}
         lowered = {
             k: compile_loop_step(fn, ctx).lower(self.state, self.batches[0])
             for k, fn in roles.items()

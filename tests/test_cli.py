@@ -10,9 +10,10 @@ import jax
 import numpy as np
 import pytest
 
+from uda_jax import train
 from uda_jax.checkpoint import Checkpointer
 from uda_jax.config import load_config
-from uda_jax.experiment import build_experiment, create_train_state
+from uda_jax.experiment import build_experiment, create_train_state, make_step_fn
 from uda_jax.train import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,7 +23,7 @@ TINY = [
     "eval_every=2",
     "method.num_k=1",
     "method.warmup_steps=2",
-    "method.pseudo_interval=1",
+    "method.pseudo_interval=2",  # a refresh at step 2, none at 3
     "model.classifier_widths=[16,16]",
     "data.batch_size=8",
     "progress=false",
@@ -39,9 +40,15 @@ def cgdm_runs(tmp_path_factory):
     """Three tiny CGDM runs in one process: seed 0 twice and seed 1."""
     base = tmp_path_factory.mktemp("runs")
     dirs = {}
-    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
-        dirs[name] = base / name
-        assert main([*TINY, f"seed={seed}", f"run_dir={dirs[name]}"]) == 0
+    step_fns = []  # the loop's step function of each run
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(
+            train, "make_step_fn", lambda e: step_fns.append(make_step_fn(e)) or step_fns[-1]
+        )
+        for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+            dirs[name] = base / name
+            assert main([*TINY, f"seed={seed}", f"run_dir={dirs[name]}"]) == 0
+    dirs["step_fn_a"] = step_fns[0]
     return dirs
 
 
@@ -63,6 +70,31 @@ def test_run_writes_config_metrics_results_and_done(cgdm_runs):
     # the pseudo-label and gradient-discrepancy terms switch on at warmup_steps=2
     gd = {r["step"]: r["train/loss_gd"] for r in records if "train/loss_gd" in r}
     assert gd[1] == 0.0 and gd[2] == 0.0 and gd[3] > 0.0
+
+
+def test_run_compiles_each_cgdm_step_variant_once(cgdm_runs):
+    """Warm-up and full variant, each compiled once: the pseudo-label refresh (step 2) and the
+    step after it (3) see the state placed alike, so the step is not compiled again."""
+    compiled = {role: fn._cache_size() for role, fn in cgdm_runs["step_fn_a"]._fns.items()}
+    assert compiled == {False: 1, True: 1}
+
+
+def test_loop_step_runs_cgdm_warmup_variant_then_the_full_one_compiling_each_once():
+    """The loop's step function picks CGDM's variant on the host (off before ``warmup_steps``)
+    and says which calls compile, so the run's steps/s leaves them out."""
+    experiment = build_experiment(load_config(None, ["method.warmup_steps=2"]))
+    step_fn = make_step_fn(experiment)
+    ran = []
+    step_fn._fns = {  # stand-ins for the compiled functions: record the role that runs
+        role: lambda state, batch, role=role: (ran.append(role), (state, {}))[1]
+        for role in step_fn._fns
+    }
+    compiles = []
+    for step in range(5):
+        compiles.append(step_fn.compiles(step))
+        step_fn(None, None, step)
+    assert ran == [False, False, True, True, True]
+    assert compiles == [True, False, True, False, False]
 
 
 def test_same_seed_gives_identical_metrics_and_another_seed_does_not(cgdm_runs):

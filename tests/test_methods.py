@@ -166,3 +166,43 @@ def test_rolled_step_c_loop_trains_as_the_unrolled_one():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     for name in m_unrolled:
         np.testing.assert_allclose(m_rolled[name], m_unrolled[name], rtol=1e-5, atol=1e-6)
+
+
+def test_host_chosen_cgdm_variants_equal_the_lax_cond_step():
+    """``branch_step(active=…)`` is ``train_step`` with the warm-up switch fixed on the host:
+    the same parameters and metrics in the warm-up (L^W and L_GD off) and after it (on)."""
+    module, ctx, state, batch = _setup(
+        "cgdm", "method.warmup_steps=1", "model.dropout=0.5", "method.gd_weight=1.0"
+    )
+    cond_step = jax.jit(lambda s, b, k: module.train_step(s, b, k, ctx=ctx))
+    steps, active_at = module.step_variants(ctx)
+    assert [active_at(i) for i in range(3)] == [False, True, True]
+    for i in range(2):
+        key = jax.random.key(10 + i)
+        host_step = jax.jit(lambda s, b, k, i=i: steps[active_at(i)](s, b, k, ctx=ctx))
+        expected, expected_metrics = cond_step(state, batch, key)
+        got, metrics = host_step(state, batch, key)
+        assert (float(metrics["train/loss_gd"]) > 0.0) == (i == 1)
+        assert (float(metrics["train/loss_pseudo"]) > 0.0) == (i == 1)
+        assert metrics.keys() == expected_metrics.keys()
+        for name in metrics:
+            np.testing.assert_allclose(metrics[name], expected_metrics[name], rtol=2e-5, atol=1e-6)
+        leaves = zip(jax.tree.leaves(got.params), jax.tree.leaves(expected.params), strict=True)
+        for a, b in leaves:
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        assert int(got.step) == int(expected.step) == i + 1
+        state = expected
+
+
+def test_cgdm_variants_differ_where_the_switch_matters():
+    """At an active step, the warm-up variant is not the step: the switch reaches the update."""
+    module, ctx, state, batch = _setup("cgdm", "method.gd_weight=1.0")  # warmup_steps=0
+    steps, _ = module.step_variants(ctx)
+    on, off = (
+        jax.jit(lambda s, b, k, f=flag: steps[f](s, b, k, ctx=ctx))(
+            state, batch, jax.random.key(0)
+        )[0]
+        for flag in (True, False)
+    )
+    kernel = lambda s: np.asarray(s.params["g"]["backbone"]["conv2"]["kernel"])
+    assert np.abs(kernel(on) - kernel(off)).max() > 1e-6

@@ -126,8 +126,10 @@ def step_roles(experiment: Experiment):
     ``role_at(step)``, the role that runs iteration ``step``.
 
     One role (``None``) for most methods. With MetaAlign, one per role assignment
-    (``align_first`` False/True), chosen on the host: XLA on CPU runs convolutions inside
-    ``lax.cond`` several times slower.
+    (``align_first`` False/True); a method with ``step_variants`` (CGDM: warm-up or not) gives
+    its own. Chosen on the host, since a ``lax.cond`` in the step costs time: XLA on CPU runs
+    convolutions inside one several times slower, and fuses nothing across its boundary.
+    A role's function is compiled the first time it runs (:func:`make_step_fn`).
     """
     ctx = experiment.ctx
     if ctx.metaalign:
@@ -136,12 +138,33 @@ def step_roles(experiment: Experiment):
             for flag in (False, True)
         }
         return steps, lambda step: bool(metaalign.align_first_now(step, ctx.metaalign))
+    variants = getattr(experiment.method, "step_variants", None)
+    if variants is not None:
+        return variants(ctx)
     return {None: experiment.method.train_step}, lambda step: None
 
 
-def make_step_fn(experiment: Experiment):
+class StepFunction:
     """``(state, batch, step) -> (state, metrics)``: the compiled step for iteration ``step``
-    (one compiled function per role of :func:`step_roles`)."""
-    train_steps, role_at = step_roles(experiment)
-    fns = {role: compile_loop_step(fn, experiment.ctx) for role, fn in train_steps.items()}
-    return lambda state, batch, step: fns[role_at(step)](state, batch)
+    (one jit-compiled function per role of :func:`step_roles`, compiled at its first call)."""
+
+    def __init__(self, experiment: Experiment) -> None:
+        train_steps, self._role_at = step_roles(experiment)
+        self._fns = {
+            role: compile_loop_step(fn, experiment.ctx) for role, fn in train_steps.items()
+        }
+        self._ran: set[Any] = set()
+
+    def compiles(self, step: int) -> bool:
+        """Whether calling iteration ``step`` compiles: its role has not run yet."""
+        return self._role_at(step) not in self._ran
+
+    def __call__(self, state: TrainState, batch: dict, step: int) -> tuple[TrainState, dict]:
+        role = self._role_at(step)
+        self._ran.add(role)
+        return self._fns[role](state, batch)
+
+
+def make_step_fn(experiment: Experiment) -> StepFunction:
+    """The training loop's step function, ``(state, batch, step) -> (state, metrics)``."""
+    return StepFunction(experiment)

@@ -46,7 +46,7 @@ from uda_jax.parallel import (
 from uda_jax.run_dir import resolve_run_dir, truncate_metrics, write_atomic, write_config
 from uda_jax.state import TrainState
 
-COMPILING_STEPS = 2  # the first steps compile (MetaAlign: one function per role); not timed
+COMPILING_STEPS = 2  # the first steps (compilation, warm caches) are not timed
 USAGE = "usage: python -m uda_jax.train [CONFIG.yaml] [key=value ...]"
 
 
@@ -130,9 +130,18 @@ def run(config: Config, run_dir: Path, mesh: Mesh | None = None) -> dict[str, An
             if experiment.method.USES_PSEUDO_LABELS and pseudo_refresh_due(config, step):
                 with _Stopwatch(state) as watch:
                     state = refresh_pseudo_labels(experiment, state, predict_fn)
+                    # placed as the rest of the state: the step is not compiled again for them
+                    state = state.replace(pseudo_labels=replicate(state.pseudo_labels, mesh))
                 excluded += watch.seconds
             batch = shard_batch(next(stream), mesh, process_local=stream.PROCESS_LOCAL)
-            state, metrics = step_fn(state, batch, step)
+            if step_fn.compiles(step):  # a role's first call compiles: not timed
+                if step >= compiled_at:  # a pause mid-run (CGDM: the first step after warm-up)
+                    progress.note(f"step {step}: compiling the train step's variant for it")
+                with _Stopwatch(state) as watch:
+                    state, metrics = step_fn(state, batch, step)
+                excluded += watch.seconds
+            else:
+                state, metrics = step_fn(state, batch, step)
             done = step + 1
             if done == compiled_at:  # time the steps after compilation
                 jax.block_until_ready(state.step)

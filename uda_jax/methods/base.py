@@ -3,6 +3,8 @@
 A method module defines ``NUM_CLASSIFIERS``, ``USES_PSEUDO_LABELS`` and a pure
 ``train_step(state, batch, rng, *, ctx) -> (state, metrics)``; :func:`compile_train_step` binds
 the context and jit-compiles it once with the old state's buffers donated (STYLE rule 13).
+It may also define ``step_variants(ctx) -> (steps by role, role_at(step))``: versions of the
+step with a switch fixed on the host, which the training loop uses instead (CGDM's warm-up).
 
 A batch is a dict of arrays: ``source_image [B, H, W, C]``, ``source_label [B]``,
 ``target_image [B, H, W, C]`` and ``target_index [B]`` (rows of the target training set, used
