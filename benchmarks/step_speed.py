@@ -503,6 +503,9 @@ def main(argv: list[str] | None = None) -> int:
         if device == "cpu"
         else "one GPU for both (in one process)"
     )
+    resnet_note = ""
+    if "resnet50" in args.networks:
+        resnet_note = f" ({args.resnet_iterations or args.iterations} for ResNet-50)"
     report = [
         f"Measured {time.strftime('%Y-%m-%d %H:%M')} on {describe_device(device)}; 1-minute "
         f"load average {load_before:.2f} before and {os.getloadavg()[0]:.2f} after the run.",
@@ -511,9 +514,9 @@ def main(argv: list[str] | None = None) -> int:
         f"Command: `{command.strip()}`. Per cell: {max(args.warmup, 2)} untimed iterations "
         "per framework (after JAX's compilation) and one for memory, then "
         f"{args.repeats} repeats of [JAX block, PyTorch block], each the median of "
-        f"{args.iterations} iterations ({args.resnet_iterations or args.iterations} for "
-        "ResNet-50). GFLOP/iter: XLA's count for the lowered JAX step (the PyTorch iteration "
-        "does the same passes; PyTorch TFLOP/s divides the same count by its time).",
+        f"{args.iterations} iterations{resnet_note}. GFLOP/iter: XLA's count for the lowered "
+        "JAX step (the PyTorch iteration does the same passes; PyTorch TFLOP/s divides the same "
+        "count by its time).",
         peak_line,
         "",
         *rows,
