@@ -102,6 +102,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="the device's peak rate for the MFU column (e.g. 494.7: H100 SXM dense TF32)",
     )
+    parser.add_argument(
+        "--cpu-memory",
+        choices=["reuse", "release"],
+        default="reuse",
+        help="on CPU, XLA's per-step buffers: reuse (uda_jax.host_memory.reuse_cpu_buffers, as "
+        "the CLI does for ResNets; malloc's settings apply to PyTorch too) or release "
+        "(JAX's defaults)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/step_speed.md")
     return parser.parse_args(argv)
 
@@ -433,6 +441,10 @@ def main(argv: list[str] | None = None) -> int:
     import jax
     import torch
 
+    from uda_jax.host_memory import reuse_cpu_buffers
+
+    reused = device == "cpu" and args.cpu_memory == "reuse" and reuse_cpu_buffers()
+
     if jax.default_backend() != device:
         raise SystemExit(f"step_speed: --device {device}, but JAX runs on {jax.default_backend()}")
     torch.set_num_threads(args.threads)
@@ -510,7 +522,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Measured {time.strftime('%Y-%m-%d %H:%M')} on {describe_device(device)}; 1-minute "
         f"load average {load_before:.2f} before and {os.getloadavg()[0]:.2f} after the run.",
         f"Versions: Python {platform.python_version()}, JAX {jax.__version__}, "
-        f"PyTorch {torch.__version__}; {threads}, float32 both.",
+        f"PyTorch {torch.__version__}; {threads}, float32 both"
+        + ("; XLA's CPU buffers reused between steps (`--cpu-memory reuse`)." if reused else "."),
         f"Command: `{command.strip()}`. Per cell: {max(args.warmup, 2)} untimed iterations "
         "per framework (after JAX's compilation) and one for memory, then "
         f"{args.repeats} repeats of [JAX block, PyTorch block], each the median of "

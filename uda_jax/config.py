@@ -165,6 +165,7 @@ class Config:
     plots: bool = True  # PNG training curves and a t-SNE of the features at the end
     precision: str = "float32"  # float32 | bf16: bf16 compute, float32 parameters and optimizer
     distributed: bool = False  # join the other hosts through jax.distributed.initialize()
+    cpu_memory: str = "auto"  # auto: reuse with a ResNet backbone | reuse | release (host_memory)
 
 
 # ----------------------------------------------------------------------------- loading
@@ -347,6 +348,7 @@ _CHOICES = {
     "metaalign.order": ("first", "second"),
     "metaalign.roles": ("alternate", "align_first", "cls_first"),
     "precision": ("float32", "bf16"),
+    "cpu_memory": ("auto", "reuse", "release"),
     "data.train_crop": ("random", "center"),
     "data.eval_transform": ("center", "train"),
 }

@@ -28,6 +28,7 @@ from uda_jax.data.sources import pair_stream
 from uda_jax.errors import UserError
 from uda_jax.evaluation import make_predict_fn
 from uda_jax.experiment import build_experiment, create_train_state, make_step_fn
+from uda_jax.host_memory import reuse_cpu_buffers, reuse_wanted
 from uda_jax.interrupts import Interrupted, StopSignals
 from uda_jax.loop_eval import all_finite, evaluate_target, refresh_pseudo_labels, write_plots
 from uda_jax.metrics import MetricsWriter, ProgressBar
@@ -289,6 +290,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         path, overrides = parse_args(argv)
         config = load_config(path, overrides)
+        if reuse_wanted(config.cpu_memory, config.model.backbone):  # before JAX starts
+            reuse_cpu_buffers()
         if config.distributed:
             initialize_distributed()
         run_dir, _ = resolve_run_dir(config)

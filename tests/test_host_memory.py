@@ -1,0 +1,72 @@
+"""``host_memory.reuse_cpu_buffers``: XLA's per-call CPU buffers stop page-faulting, and the
+CLI applies it where the config's ``cpu_memory`` wants it."""
+
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from uda_jax import train
+from uda_jax.errors import UserError
+
+ROOT = Path(__file__).resolve().parent.parent
+OUTPUT_BYTES = 4096 * 4096 * 4
+glibc = pytest.mark.skipif(
+    not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+    reason="reuse_cpu_buffers acts on Linux with glibc only",
+)
+
+
+def _probe(mode: str) -> tuple[str, str, int]:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "host_memory_probe.py"), mode],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu"),
+        timeout=300,
+        check=True,
+    )
+    applied, async_dispatch, faulted = proc.stdout.split()
+    return applied, async_dispatch, int(faulted)
+
+
+@glibc
+def test_reused_buffers_stop_page_faulting_where_jax_defaults_fault_every_call():
+    applied, async_dispatch, faulted = _probe("reuse")
+    assert (applied, async_dispatch) == ("True", "False")
+    assert faulted < OUTPUT_BYTES // 4  # measured: 0, or one call in ten mapping a new block
+    applied, async_dispatch, faulted = _probe("release")
+    assert (applied, async_dispatch) == ("None", "True")
+    assert faulted > OUTPUT_BYTES // 2  # the call's output mapped afresh, page by page
+
+
+@glibc
+def test_too_late_changes_nothing_and_says_so():
+    applied, async_dispatch, faulted = _probe("late")
+    assert (applied, async_dispatch) == ("False", "True")
+    assert faulted > OUTPUT_BYTES // 2
+
+
+@pytest.mark.parametrize(
+    ("overrides", "calls"),
+    [
+        (["cpu_memory=reuse"], 1),
+        (["cpu_memory=release", "model.backbone=resnet50"], 0),
+        (["model.backbone=resnet50"], 1),  # auto: the ResNets' working memory
+        ([], 0),  # auto, LeNet: reuse made the digits demo slower
+    ],
+)
+def test_cli_applies_it_before_jax_starts_where_the_setting_wants_it(monkeypatch, overrides, calls):
+    applied = []
+    monkeypatch.setattr(train, "reuse_cpu_buffers", lambda: applied.append(True))
+
+    def stop(config):  # the next step of main: nothing runs or is written
+        raise UserError("stop here")
+
+    monkeypatch.setattr(train, "resolve_run_dir", stop)
+    assert train.main(overrides) == 2
+    assert len(applied) == calls
