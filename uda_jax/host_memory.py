@@ -70,10 +70,10 @@ def reuse_cpu_buffers() -> bool:
     """Makes XLA's per-step CPU buffers come from malloc's heap and stay mapped between steps.
 
     Call it once, before the first JAX computation (``python -m uda_jax.train`` does when
-    :func:`reuse_wanted`). Returns True when applied; False where it cannot
-    be: not Linux with glibc, or JAX's backend already started (then nothing is changed). Safe
-    to call again. It changes no value; it affects one-device CPU computations (a mesh of
-    several CPU devices runs on per-device threads, as before).
+    :func:`reuse_wanted`). Returns True when applied; False where it cannot be: not Linux with
+    glibc, or JAX's backend already started (then nothing is changed). Safe to call again. It
+    changes no value; it affects one-device CPU computations (a mesh of several CPU devices
+    runs on per-device threads, as before).
     """
     mallopt = _glibc_mallopt()
     if mallopt is None:
