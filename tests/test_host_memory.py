@@ -8,9 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from uda_jax import train
+from uda_jax.config import load_config
 from uda_jax.errors import UserError
+from uda_jax.run_dir import config_hash, resolve_run_dir, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT_BYTES = 4096 * 4096 * 4
@@ -70,3 +73,21 @@ def test_cli_applies_it_before_jax_starts_where_the_setting_wants_it(monkeypatch
     monkeypatch.setattr(train, "resolve_run_dir", stop)
     assert train.main(overrides) == 2
     assert len(applied) == calls
+
+
+def test_a_run_resumes_under_another_setting_or_from_before_the_key(tmp_path):
+    """``cpu_memory`` changes no value: it is outside the config hash and the resume check, so
+    a run written without the key (an older version) or with another setting resumes."""
+    run_dir = tmp_path / "run"
+    released = load_config(None, ["cpu_memory=release", f"run_dir={run_dir}"])
+    write_config(run_dir, released)
+    reused = load_config(None, ["cpu_memory=reuse", f"run_dir={run_dir}"])
+    assert resolve_run_dir(reused) == (run_dir, True)
+    assert config_hash(reused) == config_hash(released)
+    older = yaml.safe_load((run_dir / "config.yaml").read_text())
+    del older["cpu_memory"]
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(older))
+    assert resolve_run_dir(reused) == (run_dir, True)
+    other = load_config(None, ["steps=3", f"run_dir={run_dir}"])  # a training key still counts
+    with pytest.raises(UserError, match="steps"):
+        resolve_run_dir(other)

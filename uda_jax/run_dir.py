@@ -22,7 +22,16 @@ from uda_jax.errors import UserError
 
 # Keys that may differ between the run on disk and the command that resumes it.
 RESUMABLE_CHANGES = frozenset(
-    {"run_dir", "progress", "log_every", "tensorboard", "plots", "checkpoint", "distributed"}
+    {
+        "run_dir",
+        "progress",
+        "log_every",
+        "tensorboard",
+        "plots",
+        "checkpoint",
+        "distributed",
+        "cpu_memory",
+    }
 )
 
 
