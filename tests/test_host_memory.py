@@ -2,7 +2,6 @@
 CLI applies it where the config's ``cpu_memory`` wants it."""
 
 import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from uda_jax import train
+from uda_jax import host_memory, train
 from uda_jax.config import load_config
 from uda_jax.errors import UserError
 from uda_jax.run_dir import config_hash, resolve_run_dir, write_config
@@ -18,8 +17,7 @@ from uda_jax.run_dir import config_hash, resolve_run_dir, write_config
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT_BYTES = 4096 * 4096 * 4
 glibc = pytest.mark.skipif(
-    not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
-    reason="reuse_cpu_buffers acts on Linux with glibc only",
+    host_memory._glibc_mallopt() is None, reason="reuse_cpu_buffers acts on Linux with glibc only"
 )
 
 
