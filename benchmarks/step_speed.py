@@ -30,6 +30,11 @@ temporaries + outputs not aliased to donated inputs. PyTorch: the bytes of the p
 (parameters, BN buffers, optimizer state) + batch, plus the peak of live allocations during one
 profiled iteration (``torch.profiler`` memory events, allocations minus frees in time order).
 Both count tensor buffers, not the interpreter or library code.
+
+Page faults and system time (:func:`timed_block`): ``getrusage`` of the process around each timed
+block, per iteration. A step whose working memory is mapped afresh each time (XLA's CPU
+temporaries without ``--cpu-memory reuse``) shows hundreds of MB of faults and tens of ms of
+kernel time here, a cost no profile of the step's ops shows.
 """
 
 from __future__ import annotations
@@ -349,6 +354,48 @@ def median_ms(run, offset: int, iterations: int) -> float:
     return 1000 * float(np.median([run(offset + i) for i in range(iterations)]))
 
 
+@dataclasses.dataclass(frozen=True)
+class Block:
+    """One timed block of iterations: the median time, and the process's page faults and
+    system (kernel) time per iteration over the block (None where ``resource`` is missing)."""
+
+    median_ms: float
+    fault_mb: float | None  # minor page faults × page size, per iteration
+    system_ms: float | None  # kernel CPU time of all the process's threads, per iteration
+
+
+def timed_block(run, offset: int, iterations: int) -> Block:
+    """:func:`median_ms` of ``run`` with ``getrusage`` around the block, so a step that maps
+    its working memory afresh each time (page faults, kernel zeroing; see
+    ``uda_jax/host_memory.py``) shows as such instead of as slow arithmetic."""
+    try:
+        import resource
+    except ImportError:  # not Unix
+        return Block(median_ms(run, offset, iterations), None, None)
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    ms = median_ms(run, offset, iterations)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    faults = (after.ru_minflt - before.ru_minflt) * resource.getpagesize() / MB / iterations
+    system = 1000 * (after.ru_stime - before.ru_stime) / iterations
+    return Block(ms, faults, system)
+
+
+def _page_kib() -> int:
+    """The base page size in KiB (4 where ``resource`` is missing)."""
+    try:
+        import resource
+    except ImportError:
+        return 4
+    return resource.getpagesize() // 1024
+
+
+def _pair(jax_value: float | None, torch_value: float | None) -> str:
+    """``"JAX / PyTorch"`` to the nearest unit, or ``–`` where not measured."""
+    if jax_value is None or torch_value is None:
+        return "–"
+    return f"{jax_value:.0f} / {torch_value:.0f}"
+
+
 def _seconds(call) -> float:
     """Wall time of ``call()`` in seconds."""
     start = time.perf_counter()
@@ -452,7 +499,8 @@ def main(argv: list[str] | None = None) -> int:
     mfu = " | MFU" if args.peak_tflops else ""
     header = (
         "| network | method | batch | repeat | JAX ms | PyTorch ms | speed-up (PyTorch/JAX) "
-        f"| JAX peak MB | PyTorch peak MB | GFLOP/iter | JAX TFLOP/s | PyTorch TFLOP/s{mfu} |"
+        f"| JAX peak MB | PyTorch peak MB | GFLOP/iter | JAX TFLOP/s | PyTorch TFLOP/s{mfu} "
+        "| page faults MB/iter (JAX / PyTorch) | system ms/iter (JAX / PyTorch) |"
     )
     rows = [header, "|---" * header.count(" | ") + "|---|"]
     print(f"torch threads {torch.get_num_threads()}, {describe_device(device)}", flush=True)
@@ -492,7 +540,10 @@ def main(argv: list[str] | None = None) -> int:
             shape = "×".join(str(s) for s in jax_cell.experiment.source.image_shape)
             for repeat in range(args.repeats):
                 offset = warmup + 1 + repeat * iterations
-                jax_ms, torch_ms = (median_ms(run, offset, iterations) for run in runs.values())
+                jax_block, torch_block = (
+                    timed_block(run, offset, iterations) for run in runs.values()
+                )
+                jax_ms, torch_ms = jax_block.median_ms, torch_block.median_ms
                 rate = flops / jax_ms / 1e9 if flops else None  # TFLOP/s
                 rate_cells = (
                     f"| {flops / 1e9:.1f} | {rate:.3g} | {flops / torch_ms / 1e9:.3g} |"
@@ -505,6 +556,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"| {network} | {method} | {b}+{b} ({shape}) | {repeat + 1} | {jax_ms:.1f} "
                     f"| {torch_ms:.1f} | {torch_ms / jax_ms:.2f}× | {jax_mb:.1f} | {torch_mb:.1f} "
                     + rate_cells
+                    + f" {_pair(jax_block.fault_mb, torch_block.fault_mb)} "
+                    f"| {_pair(jax_block.system_ms, torch_block.system_ms)} |"
                 )
                 print(rows[-1], flush=True)
     command = "python benchmarks/step_speed.py " + " ".join(
@@ -529,7 +582,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.repeats} repeats of [JAX block, PyTorch block], each the median of "
         f"{args.iterations} iterations{resnet_note}. GFLOP/iter: XLA's count for the lowered "
         "JAX step (the PyTorch iteration does the same passes; PyTorch TFLOP/s divides the same "
-        "count by its time).",
+        "count by its time). Page faults and system time: `getrusage` of the whole process "
+        "(all threads) around each timed block, per iteration; MB = minor faults × the "
+        f"{_page_kib()} KiB page size (a fault that maps a huge page counts as one page).",
         peak_line,
         "",
         *rows,
