@@ -50,6 +50,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+try:
+    import resource  # page faults and system time (Unix)
+except ImportError:
+    resource = None
+
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = {"cgdm": "digits_cgdm", "metaalign": "digits_gvb_metaalign"}
 ROLE_HORIZON = 1000  # the cells run fewer iterations than this: the roles they use
@@ -368,9 +373,7 @@ def timed_block(run, offset: int, iterations: int) -> Block:
     """:func:`median_ms` of ``run`` with ``getrusage`` around the block, so a step that maps
     its working memory afresh each time (page faults, kernel zeroing; see
     ``uda_jax/host_memory.py``) shows as such instead of as slow arithmetic."""
-    try:
-        import resource
-    except ImportError:  # not Unix
+    if resource is None:  # not Unix
         return Block(median_ms(run, offset, iterations), None, None)
     before = resource.getrusage(resource.RUSAGE_SELF)
     ms = median_ms(run, offset, iterations)
@@ -382,11 +385,7 @@ def timed_block(run, offset: int, iterations: int) -> Block:
 
 def _page_kib() -> int:
     """The base page size in KiB (4 where ``resource`` is missing)."""
-    try:
-        import resource
-    except ImportError:
-        return 4
-    return resource.getpagesize() // 1024
+    return resource.getpagesize() // 1024 if resource else 4
 
 
 def _pair(jax_value: float | None, torch_value: float | None) -> str:
