@@ -24,7 +24,8 @@ def _touch_fresh_mapping(_: int) -> float:
     """Maps 16 MiB afresh, writes every byte and unmaps it: what an XLA CPU step does with its
     temporaries when they are not reused. Small pages, so each page is one fault."""
     with mmap.mmap(-1, SIZE) as memory:
-        memory.madvise(mmap.MADV_NOHUGEPAGE)
+        if hasattr(mmap, "MADV_NOHUGEPAGE"):  # Linux: no transparent huge page here
+            memory.madvise(mmap.MADV_NOHUGEPAGE)
         memory.write(_PATTERN)
     return 0.0
 
