@@ -1,19 +1,20 @@
-"""One convolution at a time on CPU: why ``model.kernels: auto`` compiles and differentiates
-convolutions the way it does (``uda_jax/models/gemm_ops.py``).
+"""One convolution at a time on CPU: why ``cpu_tuning: auto`` compiles and differentiates
+convolutions the way it does on CPU (``uda_jax/cpu/kernels.py``).
 
     python benchmarks/conv_kernels.py --threads 2 --calls 15
 
 Per shape of the digits LeNet and of ResNet-50 at 64×64 (batch 4+4), median ms of:
 
 * forward: XLA's default (jaxlib 0.10 hands CPU convolutions to YNNPACK), XLA with the library's
-  CPU compiler options (:data:`gemm_ops.CPU_COMPILER_OPTIONS`: Eigen convolutions), PyTorch;
-* forward + gradients (input and kernel) of ``Σ conv·c``: ``lax.conv_general_dilated`` with
-  XLA's defaults and with the options, ``gemm_ops.conv_general_dilated`` with the options,
+  CPU compiler options (:data:`uda_jax.cpu.kernels.CPU_COMPILER_OPTIONS`: Eigen convolutions),
   PyTorch;
+* forward + gradients (input and kernel) of ``Σ conv·c``: ``lax.conv_general_dilated`` with
+  XLA's defaults and with the options, ``uda_jax.cpu.kernels.conv_general_dilated`` with the
+  options, PyTorch;
 * the same gradient step inside a 4-iteration ``lax.scan`` compiled as a loop (per iteration):
-  lax and gemm_ops with the options. A ``while`` body is where XLA's CPU compiler leaves JAX's
-  transposed convolutions in the dimension orders it runs on a generic loop, as in the ResNet-50
-  CGDM step with step C as a loop.
+  lax and the CPU kernels with the options. A ``while`` body is where XLA's CPU compiler leaves
+  JAX's transposed convolutions in the dimension orders it runs on a generic loop, as in the
+  ResNet-50 CGDM step with step C as a loop.
 
 PyTorch (optional, ``pip install torch``) runs the same shapes in NCHW with the same thread
 count. Written to ``benchmarks/results/conv_kernels.md`` (``--out``).
@@ -72,7 +73,7 @@ def jax_cells(shape, calls: int) -> dict[str, float]:
     import jax.numpy as jnp
     from jax import lax
 
-    from uda_jax.models import gemm_ops
+    from uda_jax.cpu import kernels
 
     _, n, side, cin, k, cout, stride, pad = shape
     keys = jax.random.split(jax.random.key(0), 3)
@@ -81,10 +82,10 @@ def jax_cells(shape, calls: int) -> dict[str, float]:
     strides, padding = (stride, stride), ((pad, pad), (pad, pad))
     convs = {
         "lax": lambda x, w: lax.conv_general_dilated(
-            x, w, strides, padding, dimension_numbers=gemm_ops.NHWC
+            x, w, strides, padding, dimension_numbers=kernels.NHWC
         ),
-        "gemm": lambda x, w: gemm_ops.conv_general_dilated(
-            x, w, strides, padding, dimension_numbers=gemm_ops.NHWC
+        "cpu": lambda x, w: kernels.conv_general_dilated(
+            x, w, strides, padding, dimension_numbers=kernels.NHWC
         ),
     }
     c = jax.random.normal(keys[2], convs["lax"](x, kernel).shape)
@@ -103,15 +104,15 @@ def jax_cells(shape, calls: int) -> dict[str, float]:
         compiled = jax.jit(fn).lower(x, kernel).compile(compiler_options=options)
         return median_ms(lambda: jax.block_until_ready(compiled(x, kernel)), calls)
 
-    eigen = gemm_ops.CPU_COMPILER_OPTIONS
+    eigen = kernels.CPU_COMPILER_OPTIONS
     return {
         "fwd YNNPACK": timed(convs["lax"], None),
         "fwd Eigen": timed(convs["lax"], eigen),
         "grad lax YNNPACK": timed(grads(convs["lax"]), None),
         "grad lax Eigen": timed(grads(convs["lax"]), eigen),
-        "grad gemm_ops": timed(grads(convs["gemm"]), eigen),
+        "grad cpu kernels": timed(grads(convs["cpu"]), eigen),
         "loop lax Eigen": timed(loop(convs["lax"]), eigen) / LOOP_LENGTH,
-        "loop gemm_ops": timed(loop(convs["gemm"]), eigen) / LOOP_LENGTH,
+        "loop cpu kernels": timed(loop(convs["cpu"]), eigen) / LOOP_LENGTH,
     }
 
 
@@ -141,10 +142,10 @@ COLUMNS = [  # (header, key)
     ("fwd: PyTorch", "fwd torch"),
     ("fwd+grads: lax, XLA default", "grad lax YNNPACK"),
     ("fwd+grads: lax + options", "grad lax Eigen"),
-    ("fwd+grads: gemm_ops + options", "grad gemm_ops"),
+    ("fwd+grads: CPU kernels + options", "grad cpu kernels"),
     ("fwd+grads: PyTorch", "grad torch"),
     ("in a loop, per iteration: lax + options", "loop lax Eigen"),
-    ("in a loop, per iteration: gemm_ops + options", "loop gemm_ops"),
+    ("in a loop, per iteration: CPU kernels + options", "loop cpu kernels"),
 ]
 
 

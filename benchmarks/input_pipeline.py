@@ -1,10 +1,12 @@
-"""Input throughput: images/s of the 224×224 train transform over a folder of JPEGs.
+"""Input throughput: images/s of the 224×224 train transform over a folder of JPEGs, and the
+time per batch of in-memory digits.
 
 Generates ``--images`` random 500×375 JPEGs (the size of Office photos) in 4 classes, then times
 (a) a plain single-process Python loop (decode → resize 256 → random crop 224 → flip →
-normalise) and (b) :class:`~uda_jax.data.image_pipeline.ImagePairStream` with 0, 1, 2 worker
-processes (each batch decodes ``batch_size`` source + ``batch_size`` target images). Worker
-start-up is timed separately (first batch) and excluded from the rate.
+normalise) and (b) :class:`~uda_jax.data.pipeline.PairStream` with 0, 1, 2 worker processes
+(each batch decodes ``batch_size`` source + ``batch_size`` target images). Worker start-up is
+timed separately (first batch) and excluded from the rate. Then (c) the same stream over the
+embedded digits (mnist5k → ucidigits, 32×32×1 in memory, no decode), in µs per batch.
 
     PYTHONPATH=. python benchmarks/input_pipeline.py [--images 512] [--batch-size 32]
 """
@@ -22,8 +24,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from uda_jax.data.domains import load_domain
 from uda_jax.data.image_files import read_image_folder
-from uda_jax.data.image_pipeline import ImagePairStream
+from uda_jax.data.pipeline import PairStream
 from uda_jax.data.transforms import decode_rgb, train_transform
 
 
@@ -49,7 +52,7 @@ def plain_loop(paths, transform) -> float:
 def grain_rate(domain, transform, batch_size, workers, batches) -> tuple[float, float]:
     """``(images/s, first-batch seconds)`` of the pair stream."""
     start = time.perf_counter()
-    with ImagePairStream(domain, domain, batch_size, 0, transform, num_workers=workers) as s:
+    with PairStream(domain, domain, batch_size, 0, transform, num_workers=workers) as s:
         next(s)
         first = time.perf_counter() - start
         start = time.perf_counter()
@@ -59,12 +62,27 @@ def grain_rate(domain, transform, batch_size, workers, batches) -> tuple[float, 
     return 2 * batch_size * batches / elapsed, first
 
 
+def in_memory_batch_us(batch_size: int, batches: int) -> float:
+    """Median over 3 runs of the µs per batch of the stream over the embedded digits."""
+    source, target = load_domain("mnist5k"), load_domain("ucidigits")
+    times = []
+    for _ in range(3):
+        with PairStream(source, target, batch_size, 0) as stream:
+            next(stream)
+            start = time.perf_counter()
+            for _ in range(batches):
+                next(stream)
+            times.append((time.perf_counter() - start) / batches * 1e6)
+    return float(np.median(times))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--batches", type=int, default=8)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--digits-batches", type=int, default=500)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results/input_pipeline.md"))
     args = parser.parse_args()
     transform = train_transform(256, 224)
@@ -75,6 +93,7 @@ def main() -> None:
         for workers in args.workers:
             rate, first = grain_rate(domain, transform, args.batch_size, workers, args.batches)
             rows.append((f"grain, num_workers={workers}", rate, first))
+    digits_us = in_memory_batch_us(args.batch_size, args.digits_batches)
     table = [
         "| loader | images/s | first batch (s) |",
         "|---|---:|---:|",
@@ -94,7 +113,13 @@ def main() -> None:
         f"{args.batches} timed batches after the first; 2 reader threads per process.",
         "",
     ]
-    text = "\n".join(header + table) + "\n"
+    digits = [
+        "",
+        f"In-memory digits (mnist5k → ucidigits, 32×32×1, batch {args.batch_size} + "
+        f"{args.batch_size}, no decode): {digits_us:.0f} µs per batch (median of 3 runs of "
+        f"{args.digits_batches} batches).",
+    ]
+    text = "\n".join(header + table + digits) + "\n"
     print(text)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)

@@ -116,7 +116,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--cpu-memory",
         choices=["reuse", "release"],
         default="reuse",
-        help="on CPU, XLA's per-step buffers: reuse (uda_jax.host_memory.reuse_cpu_buffers, as "
+        help="on CPU, XLA's per-step buffers: reuse (uda_jax.cpu.memory.reuse_cpu_buffers, as "
         "the CLI does for ResNets; malloc's settings apply to PyTorch too) or release "
         "(JAX's defaults)",
     )
@@ -372,7 +372,7 @@ class Block:
 def timed_block(run, offset: int, iterations: int) -> Block:
     """:func:`median_ms` of ``run`` with ``getrusage`` around the block, so a step that maps
     its working memory afresh each time (page faults, kernel zeroing; see
-    ``uda_jax/host_memory.py``) shows as such instead of as slow arithmetic."""
+    ``uda_jax/cpu/memory.py``) shows as such instead of as slow arithmetic."""
     if resource is None:  # not Unix
         return Block(median_ms(run, offset, iterations), None, None)
     before = resource.getrusage(resource.RUSAGE_SELF)
@@ -410,10 +410,10 @@ def matmul_gflops(device: str, n: int = 2048, calls: int = 10) -> tuple[float, f
     import jax.numpy as jnp
     import torch
 
-    from uda_jax.models import gemm_ops
+    from uda_jax import cpu
 
     a = jnp.ones((n, n), jnp.float32)
-    product = jax.jit(jnp.dot, compiler_options=gemm_ops.compiler_options(True))
+    product = cpu.jit(jnp.dot, cpu.CpuTuning(kernels=True, reuse_memory=False))
     product = product.lower(a, a).compile()
     t = torch.ones(n, n, device="cuda" if device == "gpu" else "cpu")
 
@@ -487,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
     import jax
     import torch
 
-    from uda_jax.host_memory import reuse_cpu_buffers
+    from uda_jax.cpu.memory import reuse_cpu_buffers
 
     reused = device == "cpu" and args.cpu_memory == "reuse" and reuse_cpu_buffers()
 

@@ -15,14 +15,14 @@ import jax
 import numpy as np
 
 from uda_jax.config import load_config
-from uda_jax.data.pipeline import DomainPairStream
-from uda_jax.experiment import build_experiment, create_train_state, make_step_fn
+from uda_jax.data.pipeline import PairStream
+from uda_jax.experiment import build_experiment, compile_train_step, create_train_state
 
 ROOT = Path(__file__).resolve().parent.parent
 ENTRIES = [  # (label, config, overrides, baseline label for the ratio)
     ("source_only", "digits_source_only", [], None),
     ("mcd", "digits_mcd", [], None),
-    ("cgdm", "digits_cgdm", ["method.warmup_steps=0"], None),
+    ("cgdm", "digits_cgdm", ["cgdm.warmup_steps=0"], None),
     ("dann", "digits_dann", [], None),
     ("dann + MetaAlign (1st)", "digits_dann_metaalign", [], "dann"),
     ("dann + MetaAlign (2nd)", "digits_dann_metaalign", ["metaalign.order=second"], "dann"),
@@ -40,17 +40,19 @@ def median_iteration_seconds(config_name: str, overrides: list[str], iterations:
     config = load_config(ROOT / "configs" / f"{config_name}.yaml", [*overrides, "run_dir=/tmp"])
     experiment = build_experiment(config)
     state = create_train_state(experiment)
-    if experiment.method.USES_PSEUDO_LABELS:  # labels of a fresh model: only their cost matters
-        state = state.replace(pseudo_labels=state.pseudo_labels * 0)
-    step_fn = make_step_fn(experiment)
-    stream = DomainPairStream(experiment.source, experiment.target, config.data.batch_size, 0)
+    if "pseudo_labels" in state.extras:  # labels of a fresh model: only their cost matters
+        state = state.replace(
+            extras={**state.extras, "pseudo_labels": state.extras["pseudo_labels"] * 0}
+        )
+    step_fn = compile_train_step(experiment)
+    stream = PairStream(experiment.source, experiment.target, config.data.batch_size, 0)
     times = []
-    for step in range(iterations + 4):
+    for step in range(iterations + 2):
         batch = next(stream)
         start = time.perf_counter()
-        state, _ = step_fn(state, batch, step)
+        state, _ = step_fn(state, batch)
         jax.block_until_ready(state.step)
-        if step >= 4:  # steps 0–3 compile (MetaAlign: one function per role)
+        if step >= 2:  # step 0 compiles, step 1 warms caches
             times.append(time.perf_counter() - start)
     return float(np.median(times))
 
@@ -59,11 +61,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=60)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/step_time.md")
+    parser.add_argument("--only", nargs="*", help="labels of the rows to measure (default: all)")
     args = parser.parse_args()
     seconds, rows = {}, []
     for label, config_name, overrides, baseline in ENTRIES:
+        if args.only and label not in args.only:
+            continue
         seconds[label] = median_iteration_seconds(config_name, overrides, args.iterations)
-        ratio = f"{seconds[label] / seconds[baseline]:.2f}×" if baseline else ""
+        ratio = f"{seconds[label] / seconds[baseline]:.2f}×" if baseline in seconds else ""
         rows.append(f"| {label} | {1000 * seconds[label]:.1f} | {ratio} |")
         print(rows[-1], flush=True)
     header = [

@@ -163,6 +163,7 @@ def cgdm_yaml(
     backbone = script["backbone"]
     return align_comments(f"""{header}method:
   name: cgdm
+cgdm:
   num_k: 4                  # Step C repeats
   discrepancy_weight: 1.0
   entropy_weight: {script["entropy"]} # IM entropy E in steps A/B/C
@@ -298,7 +299,8 @@ def cgdm_domainnet() -> dict[str, str]:
 def metaalign_yaml(header: str, source: str, target: str, lr: str, lr_note: str) -> str:
     """One GVB-GD + MetaAlign config (the MetaAlign code, README run settings)."""
     return align_comments(f"""{header}method:
-  name: gvb
+  name: metaalign
+gvb:
   trade_off: 1.0
   gvbg_weight: 1.0          # mean|z| of the generator bridge
   gvbd_weight: 1.0          # mean|b| of the discriminator bridge
@@ -324,14 +326,12 @@ optimizer:
   learning_rate: {lr} # {lr_note}
   weight_decay: 1.0e-3      # 5e-4 × decay_mult 2, coupled
   kwargs: {{momentum: 0.9, nesterov: true}}
-  schedule: inv             # lr0 · (1 + 0.001·t)^(−0.75)
-  schedule_gamma: 0.001
-  schedule_power: 0.75
+  schedule: {{name: inv, kwargs: {{gamma: 0.001, power: 0.75}}}}  # lr0 · (1 + 0.001·t)^(−0.75)
   groups:
     f: {{lr_mult: 10.0}}      # fc and gvbg
     d: {{lr_mult: 10.0}}      # the whole discriminator
 metaalign:
-  enabled: true
+  base: gvb
   order: first              # the official code: inner gradient detached
   meta_lr: 100.0            # the README run (code default 1.0)
   period: 1                 # --step 1: the roles alternate every iteration

@@ -1,4 +1,4 @@
-"""Embedded domains, the registry and the deterministic batch streams."""
+"""Embedded domains, the registry, domains from arrays and the deterministic batch stream."""
 
 import dataclasses
 import json
@@ -7,8 +7,14 @@ import numpy as np
 import pytest
 
 from uda_jax.data import embedded
-from uda_jax.data.domains import DomainData, check_compatible, load_domain, validate_domain
-from uda_jax.data.pipeline import DomainPairStream, ShuffledStream, eval_batches
+from uda_jax.data.domains import (
+    DomainData,
+    check_compatible,
+    from_arrays,
+    load_domain,
+    validate_domain,
+)
+from uda_jax.data.pipeline import PairStream, eval_batches
 from uda_jax.errors import UserError
 
 
@@ -146,48 +152,62 @@ def test_incompatible_domains_are_refused():
         check_compatible(_domain("a", [0, 1]), _domain("b", [0, 1], size=16))
 
 
-def test_stream_covers_each_index_once_per_epoch_and_is_seeded():
-    stream = ShuffledStream(10, 3, seed=5)
-    epoch = np.concatenate([stream.next_indices() for _ in range(3)])  # 9 of 10, drop_last
-    assert len(set(epoch.tolist())) == 9
-    again = ShuffledStream(10, 3, seed=5)
-    np.testing.assert_array_equal(np.concatenate([again.next_indices() for _ in range(3)]), epoch)
-    other = ShuffledStream(10, 3, seed=6)
-    assert not np.array_equal(np.concatenate([other.next_indices() for _ in range(3)]), epoch)
+def _indexed(name, n, classes=3, size=4):
+    """A domain whose row ``i`` is the constant image ``i`` with label ``i % classes``."""
+    images = np.broadcast_to(
+        np.arange(n, dtype=np.float32)[:, None, None, None], (n, size, size, 1)
+    )
+    return from_arrays(name, images, np.arange(n) % classes)
 
 
-def test_stream_epochs_are_permutations_and_differ_between_epochs():
-    stream = ShuffledStream(12, 3, seed=0)
-    epochs = [np.concatenate([stream.next_indices() for _ in range(4)]) for _ in range(3)]
-    for epoch in epochs:
-        np.testing.assert_array_equal(np.sort(epoch), np.arange(12))
-    assert not np.array_equal(epochs[0], epochs[1])
-    assert stream.next_indices().dtype == np.int32
+def _expected_indices(n, batch_size, stream_seed, steps):
+    """Batch ``k`` of a stream: epochs of ``default_rng([stream_seed, e])`` with drop_last."""
+    per_epoch = n // batch_size
+    batches = []
+    for k in range(steps):
+        epoch, within = divmod(k, per_epoch)
+        order = np.random.default_rng([stream_seed, epoch]).permutation(n)
+        batches.append(order[within * batch_size : (within + 1) * batch_size])
+    return batches
 
 
-def test_stream_state_round_trip_continues_exactly_across_epochs():
-    stream = ShuffledStream(10, 4, seed=0)
-    for _ in range(3):
-        stream.next_indices()
-    state = json.loads(json.dumps(stream.get_state()))  # as a checkpoint stores it
-    expected = [stream.next_indices() for _ in range(5)]  # crosses two epoch boundaries
-    resumed = ShuffledStream(10, 4, seed=0)
-    resumed.set_state(state)
-    for batch in expected:
-        np.testing.assert_array_equal(resumed.next_indices(), batch)
+def _take(stream, n):
+    return [next(stream) for _ in range(n)]
 
 
-def test_stream_state_that_does_not_fit_is_a_user_error():
-    stream = ShuffledStream(10, 4, seed=0)
-    with pytest.raises(UserError, match="does not fit"):
-        stream.set_state({"epoch": 0, "position": 11})
-    with pytest.raises(UserError, match="malformed"):
-        stream.set_state({"epoch": 0})
+def _assert_same(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        assert x.keys() == y.keys()
+        for key in x:
+            assert x[key].dtype == y[key].dtype, key
+            np.testing.assert_array_equal(x[key], y[key], err_msg=key)
+
+
+def test_in_memory_stream_is_the_seeded_epoch_order_with_drop_last():
+    source, target = _indexed("s", 10), _indexed("t", 7)  # 3 and 2 batches per epoch
+    seed, steps = 4, 9  # 3 source epochs, 4.5 target epochs
+    batches = _take(PairStream(source, target, 3, seed), steps)
+    expected_s = _expected_indices(10, 3, 2 * seed, steps)
+    expected_t = _expected_indices(7, 3, 2 * seed + 1, steps)
+    for batch, s, t in zip(batches, expected_s, expected_t, strict=True):
+        assert set(batch) == {"source_image", "source_label", "target_image", "target_index"}
+        assert batch["source_image"].dtype == batch["target_image"].dtype == np.float32
+        assert batch["source_label"].dtype == batch["target_index"].dtype == np.int32
+        assert batch["source_image"].shape == batch["target_image"].shape == (3, 4, 4, 1)
+        np.testing.assert_array_equal(batch["source_image"], source.train_images[s])
+        np.testing.assert_array_equal(batch["source_label"], source.train_labels[s])
+        np.testing.assert_array_equal(batch["target_image"], target.train_images[t])
+        np.testing.assert_array_equal(batch["target_index"], t)
+    again = _take(PairStream(source, target, 3, seed), steps)
+    _assert_same(again, batches)
+    other = next(PairStream(source, target, 3, seed + 1))
+    assert not np.array_equal(other["source_label"], batches[0]["source_label"])
 
 
 def test_pair_stream_gives_source_labels_and_target_indices_only(domains):
     source, target = domains["mnist5k"], domains["ucidigits"]
-    stream = DomainPairStream(source, target, 16, seed=0)
+    stream = PairStream(source, target, 16, seed=0)
     batch = next(stream)
     assert set(batch) == {"source_image", "source_label", "target_image", "target_index"}
     assert batch["source_image"].shape == batch["target_image"].shape == (16, 32, 32, 1)
@@ -204,25 +224,131 @@ def test_pair_stream_gives_source_labels_and_target_indices_only(domains):
 
 def test_pair_stream_resumes_exactly_and_its_two_streams_differ(domains):
     source, target = domains["ucidigits"], domains["ucidigits"]
-    stream = DomainPairStream(source, target, 64, seed=1)
-    first = [next(stream) for _ in range(30)]  # 1438 train rows: crosses an epoch boundary
+    stream = PairStream(source, target, 64, seed=1)
+    first = _take(stream, 30)  # 1438 train rows: crosses an epoch boundary
     assert not np.array_equal(first[0]["source_image"], first[0]["target_image"])
-    state = json.loads(json.dumps(stream.get_state()))
-    expected = [next(stream) for _ in range(3)]
-    resumed = DomainPairStream(source, target, 64, seed=1)
+    state = json.loads(json.dumps(stream.get_state()))  # as a checkpoint stores it
+    expected = _take(stream, 3)
+    resumed = PairStream(source, target, 64, seed=1)
     resumed.set_state(state)
-    for batch in expected:
-        got = next(resumed)
-        for key in batch:
-            np.testing.assert_array_equal(got[key], batch[key])
+    _assert_same(_take(resumed, 3), expected)
+
+
+def test_a_state_of_the_earlier_in_memory_stream_resumes_at_its_step():
+    source, target = _indexed("s", 10), _indexed("t", 7)
+    whole = _take(PairStream(source, target, 3, 0), 8)
+    # after 5 batches: source epoch 1 at 2 batches in; target epoch 2 at 1 batch in
+    legacy = {"source": {"epoch": 1, "position": 6}, "target": {"epoch": 2, "position": 3}}
+    resumed = PairStream(source, target, 3, 0)
+    resumed.set_state(legacy)
+    assert resumed.get_state()["step"] == 5
+    _assert_same(_take(resumed, 3), whole[5:])
+    # an epoch used up but not yet rolled over (position at its end) counts in full
+    resumed.set_state(
+        {"source": {"epoch": 1, "position": 3}, "target": {"epoch": 1, "position": 6}}
+    )
+    _assert_same(_take(resumed, 1), whole[4:5])
+
+
+@pytest.mark.parametrize(
+    "state, fragment",
+    [
+        ({"step": 1}, "malformed data stream state"),
+        (None, "malformed data stream state"),
+        ([1, 2], "malformed data stream state"),
+        (
+            {"step": "3", "batch_size": 3, "seed": 0, "source_size": 10, "target_size": 7},
+            "malformed",
+        ),
+        (
+            {"step": 3, "batch_size": 4, "seed": 0, "source_size": 10, "target_size": 7},
+            "batch_size=4",
+        ),
+        (
+            {"step": 3, "batch_size": 3, "seed": 0, "source_size": 11, "target_size": 7},
+            "source_size",
+        ),
+        ({"step": -1, "batch_size": 3, "seed": 0, "source_size": 10, "target_size": 7}, "negative"),
+        (
+            {"source": {"epoch": 0, "position": 4}, "target": {"epoch": 0, "position": 3}},
+            "position 4",
+        ),
+        (
+            {"source": {"epoch": 0, "position": 3}, "target": {"epoch": 1, "position": 3}},
+            "disagree",
+        ),
+        ({"source": {"epoch": 0}, "target": {}}, "malformed"),
+    ],
+)
+def test_a_malformed_or_foreign_state_is_a_one_line_user_error(state, fragment):
+    stream = PairStream(_indexed("s", 10), _indexed("t", 7), 3, 0)
+    with pytest.raises(UserError, match=fragment) as info:
+        stream.set_state(state)
+    assert "\n" not in str(info.value)
+
+
+def test_in_memory_hosts_load_their_rows_of_the_global_batch():
+    source, target = _indexed("s", 10), _indexed("t", 7)
+    whole = PairStream(source, target, 4, 2)
+    assert not whole.PROCESS_LOCAL
+    hosts = [PairStream(source, target, 4, 2, process_index=p, process_count=2) for p in (0, 1)]
+    assert all(h.PROCESS_LOCAL for h in hosts) and hosts[1].rows == slice(2, 4)
+    for _ in range(5):
+        parts = [next(h) for h in hosts]
+        joined = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        _assert_same([joined], [next(whole)])
+    # the state is the same on every host, and a 1-host state resumes on 2 hosts
+    assert hosts[0].get_state() == hosts[1].get_state() == whole.get_state()
+    hosts[1].set_state({**whole.get_state(), "step": 1})
+    np.testing.assert_array_equal(
+        next(hosts[1])["target_index"],
+        _take(PairStream(source, target, 4, 2), 2)[1]["target_index"][2:],
+    )
 
 
 def test_batch_larger_than_domain_is_a_user_error():
-    with pytest.raises(UserError, match="batch size 8 is larger than the domain \\(5 examples"):
-        ShuffledStream(5, 8, seed=0)
     tiny = _domain("tiny", [0, 1, 2])
-    with pytest.raises(UserError, match="larger than the domain 'tiny' \\(3 examples"):
-        DomainPairStream(_domain("big", list(range(10)) * 2), tiny, 4, seed=0)
+    with pytest.raises(UserError, match=r"batch size 4 must be in \[1, 3\] \(the size of 'tiny'\)"):
+        PairStream(_domain("big", list(range(10)) * 2), tiny, 4, seed=0)
+    with pytest.raises(UserError, match="non-negative"):
+        PairStream(tiny, tiny, 2, seed=-1)
+
+
+def test_from_arrays_builds_a_domain_and_defaults_the_test_split_and_class_names():
+    images = np.random.default_rng(0).normal(size=(12, 5, 5, 2))  # float64
+    domain = from_arrays("mine", images, [k % 4 for k in range(12)])
+    assert domain.train_images.dtype == np.float32 and domain.train_labels.dtype == np.int32
+    assert domain.class_names == ("0", "1", "2", "3") and domain.image_shape == (5, 5, 2)
+    np.testing.assert_array_equal(domain.test_images, domain.train_images)
+    np.testing.assert_array_equal(domain.test_labels, domain.train_labels)
+    split = from_arrays(
+        "mine", images[:8], np.arange(8) % 2, images[8:], np.arange(4) % 2, ["no", "yes", "maybe"]
+    )
+    assert split.num_classes == 3 and len(split.test_labels) == 4
+    batch = next(PairStream(domain, split, 4, 0))  # an experiment's stream, no dataset needed
+    assert batch["source_image"].shape == (4, 5, 5, 2)
+
+
+@pytest.mark.parametrize(
+    "args, kwargs, fragment",
+    [
+        ((np.zeros((3, 4, 4, 1)), [0, 1]), {}, "3 train images but 2 labels"),
+        ((np.zeros((3, 4, 4, 1)), [0, 1, 3]), {"class_names": "abc"}, r"label 3 at row 2"),
+        ((np.zeros((3, 4, 4, 1)), [0, -1, 1]), {}, r"label -1 at row 1 is outside \[0, 2\)"),
+        ((np.zeros((2, 4, 4, 1)), [0, 2**32]), {"class_names": "ab"}, "label 4294967296"),
+        ((np.zeros((3, 4, 4, 1)), [0.0, 1.0, 1.0]), {}, "labels must be integers"),
+        ((np.zeros((3, 4, 4, 1), np.uint8), [0, 1, 1]), {}, "images must be float"),
+        ((np.zeros((3, 4, 4)), [0, 1, 1]), {}, r"must be \[N, H, W, C\]"),
+        ((np.zeros((2, 4, 4, 1)), [0, 1], np.zeros((2, 4, 4, 1))), {}, "both test_images"),
+        ((np.zeros((2, 4, 4, 1)), [0, 1], np.zeros((2, 3, 3, 1)), [0, 1]), {}, "differ in shape"),
+        ((np.full((2, 4, 4, 1), np.nan), [0, 1]), {}, "NaN or inf"),
+        ((np.zeros((0, 4, 4, 1)), np.zeros(0, int)), {}, "no train images"),
+    ],
+)
+def test_from_arrays_refuses_bad_arrays_with_a_one_line_user_error(args, kwargs, fragment):
+    with pytest.raises(UserError, match=fragment) as info:
+        from_arrays("mine", *args, **kwargs)
+    assert "\n" not in str(info.value) and "'mine'" in str(info.value)
 
 
 def test_eval_batches_pad_the_last_batch_and_report_valid_rows():

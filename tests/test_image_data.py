@@ -11,8 +11,7 @@ from PIL import Image
 
 from uda_jax.data import benchmarks, transforms
 from uda_jax.data.image_files import check_images, read_image_folder, read_image_list
-from uda_jax.data.image_pipeline import ImagePairStream, image_eval_batches
-from uda_jax.data.pipeline import DomainPairStream
+from uda_jax.data.pipeline import PairStream, image_eval_batches
 from uda_jax.errors import UserError
 
 CLASSES = ("cat", "dog", "bird")
@@ -239,7 +238,7 @@ def test_tfds_source_mocked(tmp_path):
         domain = tfds_source.load_tfds_domain("mnist", image_size=16, data_dir=tmp_path)
         assert domain.train_images.shape == (6, 16, 16, 3) and domain.num_classes == 10
         assert domain.train_images.min() >= -1 and domain.train_images.max() <= 1
-        stream = ImagePairStream(source, dn, 2, 0, transforms.ImageTransform(32, 28))
+        stream = PairStream(source, dn, 2, 0, transforms.ImageTransform(32, 28))
         batch = next(stream)
         assert batch["source_image"].shape == (2, 28, 28, 3) and batch["target_index"].max() < 6
 
@@ -263,50 +262,44 @@ def _assert_same(a, b):
 
 def test_pair_stream_determinism_resume_and_order(tree):
     domain = read_image_folder(tree)
-    run = ImagePairStream(domain, domain, 4, 3, TRAIN)
+    run = PairStream(domain, domain, 4, 3, TRAIN)
     first = _take(run, 7)  # 3 batches per epoch: crosses two epoch boundaries
     assert first[0]["source_image"].shape == (4, 28, 28, 3)
     assert first[0]["source_label"].dtype == np.int32 and first[0]["target_index"].dtype == np.int32
-    _assert_same(first, _take(ImagePairStream(domain, domain, 4, 3, TRAIN), 7))
-    other = next(ImagePairStream(domain, domain, 4, 4, TRAIN))
+    _assert_same(first, _take(PairStream(domain, domain, 4, 3, TRAIN), 7))
+    other = next(PairStream(domain, domain, 4, 4, TRAIN))
     assert not np.array_equal(other["source_image"], first[0]["source_image"])
-    # Same example order as the in-memory DomainPairStream with the same seed.
-    mem = DomainPairStream(_as_memory(domain), _as_memory(domain), 4, 3)
-    for batch in first:
-        ref = next(mem)
-        np.testing.assert_array_equal(batch["target_index"], ref["target_index"])
-        np.testing.assert_array_equal(batch["source_label"], ref["source_label"])
+    # The example order of in-memory domains: seeded drop-last permutations per epoch.
+    for step, batch in enumerate(first):
+        epoch, within = divmod(step, 3)
+        rows = slice(4 * within, 4 * within + 4)
+        source = np.random.default_rng([6, epoch]).permutation(12)[rows]
+        target = np.random.default_rng([7, epoch]).permutation(12)[rows]
+        np.testing.assert_array_equal(batch["source_label"], domain.labels[source])
+        np.testing.assert_array_equal(batch["target_index"], target)
     # Each epoch is a drop-last permutation; re-seen examples get fresh random crops.
     epoch0 = np.concatenate([b["target_index"] for b in first[:3]])
     assert sorted(epoch0.tolist()) == list(range(12))
     # Resume mid-epoch from a JSON round trip of the state.
-    resumed = ImagePairStream(domain, domain, 4, 3, TRAIN)
+    resumed = PairStream(domain, domain, 4, 3, TRAIN)
     _take(resumed, 2)
     state = json.loads(json.dumps(resumed.get_state()))
-    fresh = ImagePairStream(domain, domain, 4, 3, TRAIN)
+    fresh = PairStream(domain, domain, 4, 3, TRAIN)
     fresh.set_state(state)
     _assert_same(_take(fresh, 5), first[2:])
     with pytest.raises(UserError, match="batch_size=4 but this run has 6"):
-        ImagePairStream(domain, domain, 6, 3, TRAIN).set_state(state)
-    full = next(ImagePairStream(domain, domain, 12, 3, TRAIN))  # large batches: no overflow
+        PairStream(domain, domain, 6, 3, TRAIN).set_state(state)
+    full = next(PairStream(domain, domain, 12, 3, TRAIN))  # large batches: no overflow
     assert sorted(full["source_label"].tolist()) == sorted(domain.labels.tolist())
     with pytest.raises(UserError, match="batch size 13"):
-        ImagePairStream(domain, domain, 13, 3, TRAIN)
-
-
-def _as_memory(domain):
-    from uda_jax.data.domains import DomainData
-
-    n = len(domain)
-    images = np.zeros((n, 1, 1, 1), np.float32)
-    return DomainData(domain.name, images, domain.labels, images, domain.labels, domain.class_names)
+        PairStream(domain, domain, 13, 3, TRAIN)
 
 
 def test_pair_stream_sharding_and_workers(tree):
     domain = read_image_folder(tree)
-    whole = _take(ImagePairStream(domain, domain, 4, 1, TRAIN), 4)
+    whole = _take(PairStream(domain, domain, 4, 1, TRAIN), 4)
     halves = [
-        _take(ImagePairStream(domain, domain, 4, 1, TRAIN, process_index=p, process_count=2), 4)
+        _take(PairStream(domain, domain, 4, 1, TRAIN, process_index=p, process_count=2), 4)
         for p in range(2)
     ]
     joined = [
@@ -314,11 +307,35 @@ def test_pair_stream_sharding_and_workers(tree):
     ]
     _assert_same(joined, whole)
     # A run resumed on 2 hosts continues the 1-host run exactly.
-    host1 = ImagePairStream(domain, domain, 4, 1, TRAIN, process_index=1, process_count=2)
-    host1.set_state({**ImagePairStream(domain, domain, 4, 1, TRAIN).get_state(), "step": 2})
+    host1 = PairStream(domain, domain, 4, 1, TRAIN, process_index=1, process_count=2)
+    host1.set_state({**PairStream(domain, domain, 4, 1, TRAIN).get_state(), "step": 2})
     np.testing.assert_array_equal(next(host1)["source_image"], whole[2]["source_image"][2:])
-    with ImagePairStream(domain, domain, 4, 1, TRAIN, num_workers=2) as workers:
+    with PairStream(domain, domain, 4, 1, TRAIN, num_workers=2) as workers:
         _assert_same(_take(workers, 4), whole)
+
+
+def test_an_in_memory_domain_pairs_with_an_image_domain_of_the_same_shape(tree):
+    from uda_jax.config import DataConfig
+    from uda_jax.data.domains import from_arrays
+    from uda_jax.data.sources import load_data_domain, pair_stream
+
+    data = DataConfig(batch_size=4, resize=32, crop_size=28)
+    images = load_data_domain(f"folder:{tree}", data)
+    pixels = np.random.default_rng(0).uniform(-1, 1, (9, 28, 28, 3))
+    memory = from_arrays("mine", pixels, np.arange(9) % 3)
+    stream = pair_stream(memory, images, data, seed=3)
+    batches = _take(stream, 3)  # 2 source batches per epoch: crosses an epoch
+    image_only = _take(pair_stream(images, images, data, seed=3), 3)
+    for step, (batch, alone) in enumerate(zip(batches, image_only, strict=True)):
+        rows = np.random.default_rng([6, step // 2]).permutation(9)[4 * (step % 2) :][:4]
+        np.testing.assert_array_equal(batch["source_image"], memory.train_images[rows])
+        np.testing.assert_array_equal(batch["source_label"], memory.train_labels[rows])
+        for key in ("target_image", "target_index"):  # the image side is unchanged
+            np.testing.assert_array_equal(batch[key], alone[key])
+    wrong = from_arrays("wrong", pixels[:, :24, :24], np.arange(9) % 3)
+    with pytest.raises(UserError, match="image shapes") as info:
+        pair_stream(wrong, images, data, seed=3)
+    assert "\n" not in str(info.value)
 
 
 def test_eval_batches_padded_fixed_order(tree):

@@ -6,6 +6,8 @@ ResNet variables come from ``jax.eval_shape`` plus numpy or from a PyTorch model
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,10 +15,10 @@ import pytest
 from flax import traverse_util
 from safetensors.numpy import save_file
 
+from uda_jax import cpu
 from uda_jax.config import load_config
 from uda_jax.errors import UserError
-from uda_jax.methods import cgdm, get_method
-from uda_jax.methods.base import StepContext, compile_train_step
+from uda_jax.methods import StepContext, build_method, cgdm
 from uda_jax.models import build_network
 from uda_jax.models import torch_weights as tw
 from uda_jax.models.resnet import ResNet
@@ -233,24 +235,22 @@ def _cgdm_setup(dtype):
         [
             "model.classifier_widths=[32,32]",
             "model.bottleneck_dim=16",
-            "method.warmup_steps=0",
-            "method.num_k=1",
+            "cgdm.warmup_steps=0",
+            "cgdm.num_k=1",
         ],
     )
-    module = get_method("cgdm")
-    network = build_network(config.model, 10, module.NUM_CLASSIFIERS, dtype=dtype)
+    method = build_method(config)
+    ops = cpu.layer_ops(cpu.tuning("auto", config.model.backbone))  # on CPU: its kernels in bf16
+    network = build_network(config.model, 10, method.network.num_classifiers, dtype=dtype, ops=ops)
     shapes = jax.eval_shape(lambda: network.init(jax.random.key(0), (32, 32, 1)))
     params, stats = _plausible_variables(shapes)
     optimizers = build_optimizers(
         config.optimizer, {g: network.frozen_mask(g, t) for g, t in params.items()}
     )
     rng = np.random.default_rng(0)
+    labels = jnp.asarray(rng.integers(0, 10, 16), jnp.int32)
     state = TrainState.create(
-        params,
-        stats,
-        optimizers,
-        jnp.asarray(rng.integers(0, 10, 16), jnp.int32),
-        jax.random.key(1),
+        params, stats, optimizers, jax.random.key(1), {"pseudo_labels": labels}
     )
     batch = {
         "source_image": jnp.asarray(rng.normal(size=(8, 32, 32, 1)), jnp.float32),
@@ -258,7 +258,7 @@ def _cgdm_setup(dtype):
         "target_image": jnp.asarray(rng.normal(size=(8, 32, 32, 1)), jnp.float32),
         "target_index": jnp.arange(8, dtype=jnp.int32),
     }
-    return module, StepContext(network, optimizers, config.method), state, batch
+    return method, StepContext(network, optimizers), state, batch
 
 
 def test_bfloat16_network_keeps_float32_params_and_outputs_close_to_float32():
@@ -286,7 +286,7 @@ def test_bfloat16_network_keeps_float32_params_and_outputs_close_to_float32():
 def test_gradient_discrepancy_through_bfloat16_classifiers_matches_float32():
     """L_GD and its gradient with respect to the features (a gradient of a gradient) in
     bfloat16 stay float32 and close to float32's, including the cosines of the biases before
-    BatchNorm, whose gradients are zero up to round-off (reference Part VII §2)."""
+    BatchNorm, whose gradients are zero up to round-off."""
     _, ctx32, state, batch = _cgdm_setup(jnp.float32)
     _, ctx16, _, _ = _cgdm_setup(jnp.bfloat16)
     features = jnp.asarray(np.random.default_rng(1).normal(size=(16, 16)), jnp.float32)
@@ -308,8 +308,8 @@ def test_gradient_discrepancy_through_bfloat16_classifiers_matches_float32():
 @pytest.mark.slow
 def test_cgdm_step_runs_with_a_bfloat16_network():
     """The whole iteration (steps A, B, C with L_GD); ~30 s of compilation on a 2-core CPU."""
-    module, ctx, state, batch = _cgdm_setup(jnp.bfloat16)
-    step = compile_train_step(module.train_step, ctx)
+    method, ctx, state, batch = _cgdm_setup(jnp.bfloat16)
+    step = jax.jit(functools.partial(method.step, ctx))
     new_state, metrics = step(state, batch, jax.random.key(0))
     assert all(np.isfinite(float(v)) for v in metrics.values())
     assert float(metrics["train/loss_gd"]) > 0.0

@@ -1,9 +1,15 @@
-"""Experiment configuration: a frozen dataclass schema, YAML files and dotted overrides.
+"""Experiment configuration: frozen dataclass sections, YAML files and dotted overrides.
 
-A config is data (DESIGN principle 7). It is read from YAML, patched with ``key=value``
-overrides from the command line, and validated into frozen dataclasses before anything runs:
-an unknown key, a wrong type or an impossible value raises :class:`uda_jax.errors.UserError`
-with one line that names the key and the fix.
+A config is data. It is read from YAML, patched with ``key=value`` overrides from the command
+line, and validated into frozen dataclasses before anything runs: an unknown key, a wrong type
+or an impossible value raises :class:`uda_jax.errors.UserError` with one line that names the key
+and the fix.
+
+The fixed sections are ``method`` (which method), ``model``, ``data``, ``optimizer`` and
+``checkpoint``. Each method brings its own section, named after it (``cgdm.gd_weight``,
+``dann.trade_off``, ``metaalign.order``): its frozen config dataclass, found through the method
+registry (:mod:`uda_jax.methods`). Only the sections of the method in use are accepted, so an
+option of another method is an unknown-key error.
 
 The defaults of :class:`Config` are the embedded demo (CGDM on mnist5k → ucidigits), so
 ``python -m uda_jax.train`` needs no file; ``configs/digits_cgdm.yaml`` spells the same values out.
@@ -13,9 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,74 +49,54 @@ class DataConfig:
     test_fraction: float = 0.2  # embedded domains: the held-out share of each class
     split_seed: int = 0
     eval_batch_size: int = 256
-    # image domains (reference §1.9, §2.8): Resize((resize, resize)) → crop → flip → ImageNet norm
+    # image domains: Resize((resize, resize)) → crop → flip → ImageNet normalisation
     resize: int = 256
     crop_size: int = 224
-    train_crop: str = "random"  # random (ImageCLEF, MetaAlign) | center (CGDM VisDA, DomainNet)
-    eval_transform: str = "center"  # center: deterministic | train: the reference's random one
+    # random: the ImageCLEF and MetaAlign scripts; center: the CGDM VisDA/DomainNet scripts
+    train_crop: typing.Literal["random", "center"] = "random"
+    # center: deterministic; train: the random training transform, as the CGDM scripts test
+    eval_transform: typing.Literal["center", "train"] = "center"
     num_workers: int = 0  # grain worker processes decoding images (0: in the main process)
     skip_unreadable: bool = False  # drop unreadable images (counted in the log) instead of failing
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Feature extractor G and classifier head(s) F (reference Part I §1.3)."""
+    """Feature extractor G (backbone + optional bottleneck) and the heads the method asks for."""
 
-    backbone: str = "lenet"  # lenet | resnet50 | resnet101
+    backbone: str = "lenet"  # a registered backbone: lenet | resnet18/34/50/101/152 | your own
     pretrained: str | None = None  # ImageNet weights of the backbone (.pth or .safetensors)
-    bottleneck_dim: int = 0  # 0: no bottleneck; the ResNet runs of the reference use 256
-    train_bottleneck: bool = True  # the VisDA/DomainNet scripts leave it frozen (Pitfall 1)
+    bottleneck_dim: int = 0  # 0: no bottleneck; the ResNet runs of the papers use 256
+    train_bottleneck: bool = True  # the official VisDA/DomainNet scripts never step it
     classifier_widths: tuple[int, ...] = (256, 256)
     dropout: float = 0.5
-    classifier_init: str = "reference"  # reference: N(0, 0.01²); xavier; pytorch (default torch)
-    bn_running_var: str = "unbiased"  # unbiased: PyTorch (faithful); biased: flax's convention
+    # reference: N(0, 0.01²) (the CGDM code); xavier; pytorch (torch.nn.Linear's default)
+    classifier_init: typing.Literal["reference", "xavier", "pytorch"] = "reference"
+    # unbiased: PyTorch's running variance (faithful); biased: flax's convention
+    bn_running_var: typing.Literal["unbiased", "biased"] = "unbiased"
     bn_momentum: float = 0.1  # PyTorch convention: running ← (1 − m)·running + m·batch
     bn_eps: float = 1e-5
     discriminator_hidden: int = 1024  # the adversarial methods' domain discriminator
     discriminator_dropout: float = 0.5
-    # auto: on CPU, XLA's Eigen convolutions (not YNNPACK's), gradients as plain convolutions
-    # (stride 1) or matrix products (strided), max-pool gradients as masks; XLA's own ops
-    # elsewhere (uda_jax.models.gemm_ops); gemm / xla force one. Same functions either way.
-    kernels: str = "auto"
 
 
 @dataclasses.dataclass(frozen=True)
 class MethodConfig:
-    """Method name and the loss weights and schedule of its sub-steps (reference §1.5, §1.8)."""
+    """Which method trains: a registered name (``cgdm``, ``metaalign``, ...) or the import path
+    ``package.module:Name`` of a :class:`uda_jax.methods.Method` subclass defined elsewhere.
+    Its options live in its own section, named after it."""
 
     name: str = "cgdm"
-    num_k: int = 4  # generator repeats of MCD/CGDM step C
-    # compile step C's num_k repeats unrolled (fastest on CPU) or as one loop body (about num_k
-    # times less to compile: for ResNet backbones, whose unrolled CGDM step compiles for minutes)
-    unroll_c: bool = True
-    discrepancy_weight: float = 1.0
-    entropy_weight: float = 0.01  # weight of the IM entropy term E in steps A/B/C (CGDM)
-    pseudo_weight: float = 0.01  # α: pseudo-label weighted CE in step A (CGDM)
-    gd_weight: float = 0.01  # β: gradient discrepancy loss in step C (CGDM)
-    warmup_steps: int = 200  # steps before pseudo-labels and L_GD switch on (reference: epoch 0)
-    pseudo_interval: int = 100  # refresh the target pseudo-labels every this many steps
-    trade_off: float = 1.0  # weight of the transfer loss (DANN, CDAN, GVB-GD)
-    gvbg_weight: float = 1.0  # GVB-G bridge penalty mean|z| (gvb)
-    gvbd_weight: float = 1.0  # GVB-D bridge penalty mean|b| (gvb)
-    grl_max_iter: float = 10000.0  # c(t) = 2/(1 + exp(−alpha·t/max_iter)) − 1
-    grl_alpha: float = 10.0
 
 
 @dataclasses.dataclass(frozen=True)
-class MetaAlignConfig:
-    """MetaAlign around an adversarial method (reference Part II §2.3–2.4)."""
+class ScheduleConfig:
+    """The learning-rate schedule: ``inv`` (the papers' ``lr0·(1 + gamma·t)^(−power)``),
+    ``constant``, or any optax schedule by name (``cosine_decay_schedule``, ...), called with
+    ``optimizer.learning_rate`` as its first argument and ``kwargs``; ``t`` is the iteration."""
 
-    enabled: bool = False
-    order: str = "first"  # first: the official code (inner gradient detached); second: exact
-    meta_lr: float = 1.0  # inner step α_p = meta_lr · lr(t) · inner_mult[p]
-    period: int = 1  # the two meta-train/meta-test role assignments alternate every `period` steps
-    roles: str = "alternate"  # alternate | align_first | cls_first
-    # Multipliers of the inner step by parameter path prefix (longest match, default 1): the
-    # reference gives 10 to names with 'fc' or 'gvb' (the head, both bridges), 1 to the rest.
-    inner_mult: dict[str, float] = dataclasses.field(
-        default_factory=lambda: {"f": 10.0, "d/gvbd": 10.0}
-    )
-    stale_discriminator: bool = True  # faithful: cls-first uses the last align-first fast θ_D
+    name: str = "constant"
+    kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,9 +115,7 @@ class OptimizerConfig:
     learning_rate: float = 0.01
     weight_decay: float = 5e-4  # coupled L2 added to the gradient, as torch.optim.SGD does
     kwargs: dict[str, Any] = dataclasses.field(default_factory=lambda: {"momentum": 0.9})
-    schedule: str = "constant"  # constant | inv: lr0·(1 + gamma·t)^(−power), t the iteration
-    schedule_gamma: float = 0.001
-    schedule_power: float = 0.75
+    schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
     groups: dict[str, OptimizerGroupConfig] = dataclasses.field(
         default_factory=lambda: {"g": OptimizerGroupConfig(kwargs={"momentum": 0.0})}
     )
@@ -145,15 +130,24 @@ class CheckpointConfig:
     keep_best: bool = False  # also keep the best by target accuracy (oracle selection)
 
 
+def _default_sections() -> Mapping[str, Any]:
+    from uda_jax.methods.registry import default_sections
+
+    return default_sections(MethodConfig().name)
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """A whole experiment. Defaults: the embedded CGDM demo, mnist5k → ucidigits."""
+    """A whole experiment. Defaults: the embedded CGDM demo, mnist5k → ucidigits.
+
+    ``sections`` holds the method's own config sections by name (``config.cgdm``, or
+    ``config.metaalign`` and ``config.gvb``); read one as an attribute or with :meth:`section`.
+    """
 
     method: MethodConfig = dataclasses.field(default_factory=MethodConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
-    metaalign: MetaAlignConfig = dataclasses.field(default_factory=MetaAlignConfig)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     steps: int = 400
     seed: int = 0
@@ -163,10 +157,26 @@ class Config:
     progress: bool = True
     tensorboard: bool = True  # TensorBoard event files in <run_dir>/tensorboard
     plots: bool = True  # PNG training curves and a t-SNE of the features at the end
-    precision: str = "float32"  # float32 | bf16: bf16 compute, float32 parameters and optimizer
+    precision: typing.Literal["float32", "bf16"] = "float32"  # bf16: compute only
     distributed: bool = False  # join the other hosts through jax.distributed.initialize()
-    cpu_memory: str = "auto"  # auto: reuse with a ResNet backbone | reuse | release (host_memory)
+    # CPU-only speed (uda_jax.cpu): auto: on when the platform is CPU; on; off. Same numbers.
+    cpu_tuning: typing.Literal["auto", "on", "off"] = "auto"
+    sections: Mapping[str, Any] = dataclasses.field(default_factory=_default_sections)
 
+    def section(self, name: str) -> Any:
+        """The method section ``name`` (a frozen dataclass)."""
+        try:
+            return self.sections[name]
+        except KeyError:
+            raise AttributeError(f"this config has no section {name!r}") from None
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "sections":
+            raise AttributeError(name)
+        return self.section(name)
+
+
+FIXED_SECTIONS = tuple(f.name for f in dataclasses.fields(Config) if f.name != "sections")
 
 # ----------------------------------------------------------------------------- loading
 
@@ -174,27 +184,78 @@ class Config:
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
     """Reads a YAML config (or the defaults), applies ``a.b=value`` overrides and validates.
 
-    Layers, lowest first: the defaults of :class:`Config`, the file, the overrides. A mapping
-    given in a file (``optimizer.kwargs``, ``optimizer.groups``) replaces the default one whole.
-    An override that changes ``optimizer.name`` clears the optimizer keyword arguments of the
-    lower layers (they were meant for the other optimizer); set them again with
-    ``optimizer.kwargs.NAME=value``.
+    Layers, lowest first: the defaults, the file, the overrides. A mapping given in a file
+    (``optimizer.kwargs``, ``optimizer.groups``) replaces the default one whole. An override
+    that changes ``optimizer.name`` clears the optimizer keyword arguments of the lower layers
+    (they were meant for the other optimizer); one that changes ``method.name`` drops the file's
+    sections that the new method does not use. A section with a ``name`` key may be given as
+    its name alone (``schedule: inv``, ``method: dann``).
 
     Raises:
       UserError: missing or unreadable file, unknown key, wrong type or impossible value.
     """
-    raw = to_dict(Config())
+    raw = to_dict(_fixed_defaults())
     if path is not None:
         raw = _merge(Config, raw, _read_yaml(Path(path)))
     parsed = [_parse_override(item) for item in overrides]
-    new_name = dict(parsed).get("optimizer.name")
-    if new_name is not None and new_name != raw.get("optimizer", {}).get("name"):
+    new_optimizer = dict(parsed).get("optimizer.name")
+    if new_optimizer is not None and new_optimizer != raw.get("optimizer", {}).get("name"):
         _clear_optimizer_kwargs(raw)
+    old_method = raw.get("method", {}).get("name") if isinstance(raw.get("method"), dict) else None
     for key, value in parsed:
         _set_dotted(raw, key, value)
-    config = _build(Config, raw, "")
+    config = build_config(raw, method_changed_from=_changed(old_method, raw))
     validate(config)
     return config
+
+
+def _fixed_defaults() -> dict[str, Any]:
+    return {f.name: _field_default(f) for f in dataclasses.fields(Config) if f.name != "sections"}
+
+
+def _field_default(field: dataclasses.Field) -> Any:
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return field.default
+
+
+def _changed(old_method: Any, raw: dict[str, Any]) -> str | None:
+    new = raw.get("method", {}).get("name") if isinstance(raw.get("method"), dict) else None
+    return old_method if old_method is not None and new != old_method else None
+
+
+def build_config(raw: Mapping[str, Any], method_changed_from: str | None = None) -> Config:
+    """The :class:`Config` of plain data (a parsed YAML mapping), every key and type checked."""
+    from uda_jax.methods.registry import method_sections
+
+    if not isinstance(raw, Mapping):
+        raise UserError(f"config must be a mapping of keys, got {raw!r}")
+    fixed = {k: v for k, v in raw.items() if k in FIXED_SECTIONS}
+    config = _build(Config, fixed, "")
+    wanted = method_sections(config.method.name, raw)
+    sections = {}
+    for key, value in raw.items():
+        if key in FIXED_SECTIONS:
+            continue
+        if key not in wanted:
+            if method_changed_from is not None:
+                continue  # the lower layer's section of the method the override replaced
+            raise UserError(_foreign_section_message(key, config.method.name, list(wanted)))
+        sections[key] = value
+    built = {name: _build(cls, sections.get(name, {}), f"{name}.") for name, cls in wanted.items()}
+    return dataclasses.replace(config, sections=types.MappingProxyType(built))
+
+
+def _foreign_section_message(key: str, method: str, wanted: list[str]) -> str:
+    from uda_jax.methods.registry import names
+
+    valid = [*FIXED_SECTIONS, *wanted]
+    if key in names():
+        return (
+            f"config section '{key}' belongs to method {key}, but method.name is {method!r}; "
+            f"remove it or set method.name={key} (this method's sections: {', '.join(wanted)})"
+        )
+    return _unknown_key_message(key, "", valid)
 
 
 def _merge(cls: type, base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
@@ -223,7 +284,10 @@ def _clear_optimizer_kwargs(raw: dict[str, Any]) -> None:
 
 
 def to_dict(config: Any) -> Any:
-    """The config as plain YAML-friendly data (tuples become lists)."""
+    """The config as plain YAML-friendly data (tuples become lists, sections top-level)."""
+    if isinstance(config, Config):
+        fixed = {name: to_dict(getattr(config, name)) for name in FIXED_SECTIONS}
+        return fixed | {name: to_dict(value) for name, value in config.sections.items()}
     if dataclasses.is_dataclass(config):
         return {f.name: to_dict(getattr(config, f.name)) for f in dataclasses.fields(config)}
     if isinstance(config, Mapping):
@@ -235,7 +299,7 @@ def to_dict(config: Any) -> Any:
 
 def dump_yaml(config: Config) -> str:
     """The resolved config as YAML text, loadable again with :func:`load_config`."""
-    return yaml.safe_dump(to_dict(config), sort_keys=False)
+    return yaml.safe_dump(to_dict(config), sort_keys=False, allow_unicode=True)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -286,11 +350,11 @@ def _build(cls: type, raw: Any, where: str) -> Any:
     """Turns nested dicts into the dataclass ``cls``, checking every key and type."""
     if not isinstance(raw, Mapping):
         raise UserError(f"{where.rstrip('.') or 'config'} must be a mapping of keys, got {raw!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     hints = typing.get_type_hints(cls)
     for key in raw:
         if key not in fields:
-            raise UserError(_unknown_key_message(key, where, list(fields)))
+            raise UserError(_unknown_key_message(str(key), where, list(fields)))
     values = {}
     for name, value in raw.items():
         values[name] = _coerce(hints[name], value, f"{where}{name}")
@@ -300,7 +364,16 @@ def _build(cls: type, raw: Any, where: str) -> Any:
 def _coerce(hint: Any, value: Any, key: str) -> Any:
     origin = typing.get_origin(hint)
     if dataclasses.is_dataclass(hint):
+        if isinstance(value, str) and "name" in {f.name for f in dataclasses.fields(hint)}:
+            value = {"name": value}  # shorthand: `schedule: inv` is `schedule: {name: inv}`
         return _build(hint, value, key + ".")
+    if origin is typing.Literal:
+        choices = typing.get_args(hint)
+        if isinstance(value, bool) and {"on", "off"} <= set(choices):
+            value = "on" if value else "off"  # YAML 1.1 reads on/off as booleans
+        if value not in choices:
+            raise UserError(f"{key} must be one of {', '.join(map(str, choices))}; got {value!r}")
+        return value
     if origin in (types.UnionType, typing.Union):
         options = typing.get_args(hint)
         if value is None and type(None) in options:
@@ -312,10 +385,11 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
             raise UserError(f"{key} must be a list, got {value!r} (e.g. {key}=[256,256])")
         inner = typing.get_args(hint)[0]
         return tuple(_coerce(inner, v, f"{key}[{i}]") for i, v in enumerate(value))
-    if origin is dict:
+    if origin in (dict, Mapping) or hint in (dict, Mapping):
         if not isinstance(value, Mapping):
             raise UserError(f"{key} must be a mapping, got {value!r}")
-        inner = typing.get_args(hint)[1]
+        args = typing.get_args(hint)
+        inner = args[1] if args else Any
         return {str(k): _coerce(inner, v, f"{key}.{k}") for k, v in value.items()}
     return _coerce_scalar(hint, value, key)
 
@@ -329,6 +403,8 @@ def _coerce_scalar(hint: Any, value: Any, key: str) -> Any:
     accepted = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}[hint]
     is_bool_as_number = isinstance(value, bool) and hint is not bool
     if isinstance(value, accepted) and not is_bool_as_number:
+        if hint is float and not math.isfinite(float(value)):
+            raise UserError(f"{key} must be a finite number, got {value!r}")
         return float(value) if hint is float else value
     raise UserError(f"{key} must be of type {hint.__name__}, got {value!r}")
 
@@ -340,30 +416,13 @@ def _unknown_key_message(key: str, where: str, valid: list[str]) -> str:
 
 # ----------------------------------------------------------------------------- validation
 
-_CHOICES = {
-    "model.classifier_init": ("reference", "xavier", "pytorch"),
-    "model.bn_running_var": ("unbiased", "biased"),
-    "model.kernels": ("auto", "gemm", "xla"),
-    "optimizer.schedule": ("constant", "inv"),
-    "metaalign.order": ("first", "second"),
-    "metaalign.roles": ("alternate", "align_first", "cls_first"),
-    "precision": ("float32", "bf16"),
-    "cpu_memory": ("auto", "reuse", "release"),
-    "data.train_crop": ("random", "center"),
-    "data.eval_transform": ("center", "train"),
-}
-
-
 _POSITIVE = (
     "steps",
     "log_every",
     "data.batch_size",
     "data.eval_batch_size",
     "data.image_size",
-    "method.num_k",
-    "method.pseudo_interval",
     "optimizer.learning_rate",
-    "metaalign.period",
     "model.discriminator_hidden",
     "checkpoint.keep",
     "data.resize",
@@ -371,10 +430,8 @@ _POSITIVE = (
 )
 _NON_NEGATIVE = (
     "eval_every",
-    "method.warmup_steps",
     "model.bottleneck_dim",
     "optimizer.weight_decay",
-    "metaalign.meta_lr",
     "checkpoint.every",
     "data.num_workers",
     "seed",
@@ -388,26 +445,40 @@ def _value(config: Config, key: str) -> Any:
     return config
 
 
+def check_range(section: Any, where: str, positive=(), non_negative=(), unit=()) -> None:
+    """One-line :class:`UserError` for the first field of ``section`` out of its range:
+    ``positive`` (> 0), ``non_negative`` (>= 0), ``unit`` (in [0, 1))."""
+    for names, test, text in (
+        (positive, lambda v: v > 0, "positive"),
+        (non_negative, lambda v: v >= 0, ">= 0"),
+        (unit, lambda v: 0 <= v < 1, "in [0, 1)"),
+    ):
+        for name in names:
+            value = getattr(section, name)
+            if not test(value):
+                raise UserError(f"{where}{name} must be {text}, got {value}")
+
+
 def validate(config: Config) -> None:
-    """Checks values that have the right type but are impossible (non-positive sizes, ...)."""
-    for key, choices in _CHOICES.items():
-        if _value(config, key) not in choices:
-            raise UserError(
-                f"{key} must be one of {', '.join(choices)}; got {_value(config, key)!r}"
-            )
+    """Checks values that have the right type but are impossible (non-positive sizes, ...),
+    then each method section's own ``validate()`` when it has one."""
     for key in _POSITIVE:
         if _value(config, key) <= 0:
             raise UserError(f"{key} must be positive, got {_value(config, key)}")
     for key in _NON_NEGATIVE:
         if _value(config, key) < 0:
             raise UserError(f"{key} must be >= 0, got {_value(config, key)}")
-    for key in ("model.dropout", "model.discriminator_dropout"):
-        if not 0.0 <= _value(config, key) < 1.0:
-            raise UserError(f"{key} must be in [0, 1), got {_value(config, key)}")
+    check_range(config.model, "model.", unit=("dropout", "discriminator_dropout"))
     if not 0.0 < config.model.bn_momentum <= 1.0:
         raise UserError(f"model.bn_momentum must be in (0, 1], got {config.model.bn_momentum}")
+    if config.model.bn_eps <= 0:
+        raise UserError(f"model.bn_eps must be positive, got {config.model.bn_eps}")
     if not config.model.classifier_widths or min(config.model.classifier_widths) <= 0:
         raise UserError("model.classifier_widths must be a non-empty list of positive widths")
     for group, group_cfg in config.optimizer.groups.items():
         if group_cfg.lr_mult < 0:
             raise UserError(f"optimizer.groups.{group}.lr_mult must be >= 0")
+    for name, section in config.sections.items():
+        check: Callable[[str], None] | None = getattr(section, "validate", None)
+        if check is not None:
+            check(f"{name}.")

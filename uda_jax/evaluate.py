@@ -27,8 +27,8 @@ from uda_jax.config import load_config
 from uda_jax.data.domains import check_compatible
 from uda_jax.data.sources import AnyDomain, domain_batches, load_data_domain, split_labels
 from uda_jax.errors import UserError, did_you_mean
-from uda_jax.evaluation import classification_metrics, make_predict_fn, predict_batches
-from uda_jax.experiment import build_experiment, create_train_state
+from uda_jax.evaluation import classification_metrics, predict_batches
+from uda_jax.experiment import build_experiment, compile_predict, create_train_state
 
 USAGE = "usage: python -m uda_jax.evaluate RUN_DIR_OR_CHECKPOINT [key=value ...]"
 KEYS = {"domain": str, "split": str, "step": int, "features": str, "json": bool}
@@ -105,7 +105,7 @@ def evaluate(path: Path, options: dict[str, Any]) -> dict[str, Any]:
     domain = _domain(experiment, options.get("domain"))
     split = options["split"]
     labels = split_labels(domain, split)
-    predict_fn = make_predict_fn(experiment.ctx.network)
+    predict_fn = compile_predict(experiment)
     state = restored.state
     batches = domain_batches(domain, split, config.data)
     features, logits = predict_batches(predict_fn, state.params, state.batch_stats, batches)

@@ -1,27 +1,24 @@
 """Evaluation: batched eval-mode predictions and the accuracy metrics of the papers.
 
-Overall accuracy (Office, ImageCLEF, digits) and mean per-class accuracy (VisDA, reference
-§1.10), with the per-class table. Prediction is ``argmax`` of the summed classifiers' logits.
+Overall accuracy (Office, ImageCLEF, digits) and mean per-class accuracy (VisDA), with the
+per-class table. The prediction is ``argmax`` of the summed classifiers' logits.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from uda_jax.data.pipeline import eval_batches
-from uda_jax.methods.base import jit_for, predict
-from uda_jax.models import Network
+from uda_jax.data.sources import domain_batches, num_examples
+from uda_jax.experiment import Experiment, compile_predict, create_train_state
+from uda_jax.state import TrainState
 
 PyTree = Any
-
-
-def make_predict_fn(network: Network):
-    """A jit-compiled ``(params, batch_stats, images) -> (features, logits)`` in eval mode."""
-    return jit_for(network, functools.partial(predict, network))
 
 
 def predict_batches(
@@ -35,13 +32,6 @@ def predict_batches(
         features.append(np.asarray(f)[:valid])
         logits.append(np.asarray(z)[:valid])
     return np.concatenate(features), np.concatenate(logits)
-
-
-def predict_dataset(
-    predict_fn, params: PyTree, stats: PyTree, images: np.ndarray, batch_size: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`predict_batches` over a whole in-memory array, in fixed order."""
-    return predict_batches(predict_fn, params, stats, eval_batches(images, None, batch_size))
 
 
 def classification_metrics(
@@ -58,3 +48,64 @@ def classification_metrics(
         per_class.append(value)
     metrics["mean_class_accuracy"] = float(np.nanmean(per_class))
     return metrics
+
+
+class Predictor:
+    """Eval-mode predictions of an experiment's network on its domains (compiled once)."""
+
+    def __init__(self, experiment: Experiment):
+        self.experiment = experiment
+        self._predict = compile_predict(experiment)
+
+    def __call__(
+        self, state: TrainState, domain: str, split: str, rows: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(features, logits)`` of ``domain`` (``source`` or ``target``) ``split`` (``train``
+        or ``test``), optionally only the examples ``rows``, in order."""
+        data = self.experiment.source if domain == "source" else self.experiment.target
+        batches = domain_batches(data, split, self.experiment.config.data, rows)
+        return predict_batches(self._predict, state.params, state.batch_stats, batches)
+
+    def evaluate_target(self, state: TrainState) -> dict[str, float]:
+        """Accuracy metrics on the target test split, keys ``eval/target_...``."""
+        target = self.experiment.target
+        _, logits = self(state, "target", "test")
+        metrics = classification_metrics(
+            np.argmax(logits, axis=1), target.test_labels, target.class_names
+        )
+        return {f"eval/target_{k}": v for k, v in metrics.items()}
+
+
+@jax.jit
+def all_finite(tree: Any) -> jax.Array:
+    """Whether every float in ``tree`` is finite (one device-side reduction)."""
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves))
+
+
+def write_plots(predictor: Predictor, state: TrainState, run_dir: Path | None) -> None:
+    """``curves.png`` from ``metrics.jsonl`` and ``features_tsne.png``: source and target
+    features of the network at initialisation (before adaptation) and now (after), coloured by
+    class. ``run_dir`` None: compute the features only (the other processes of a multi-host
+    run, which must join the collectives)."""
+    from uda_jax.plots import TSNE_POINTS_PER_DOMAIN, plot_curves, plot_feature_tsne
+
+    experiment = predictor.experiment
+    rng = np.random.default_rng(experiment.config.seed)
+    domains = {"source": experiment.source, "target": experiment.target}
+    rows = {
+        name: np.sort(rng.permutation(num_examples(d))[:TSNE_POINTS_PER_DOMAIN])
+        for name, d in domains.items()
+    }
+    labels = tuple(domains[n].train_labels[rows[n]] for n in domains)
+
+    def features(state: TrainState) -> tuple[np.ndarray, ...]:
+        return tuple(predictor(state, name, "train", rows[name])[0] for name in domains)
+
+    before, after = features(create_train_state(experiment)), features(state)
+    if run_dir is not None:
+        method = experiment.method
+        plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png", method.alignment_metrics)
+        plot_feature_tsne(
+            before, after, labels, run_dir / "features_tsne.png", experiment.config.seed
+        )

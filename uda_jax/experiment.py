@@ -1,7 +1,10 @@
-"""An experiment built from a config: domains, network, optimizers, method and initial state.
+"""An experiment built from a config: domains, network, optimizers, method, initial state and
+the compiled step and prediction functions.
 
 Everything that can go wrong with a user's config or data goes wrong here, as a
-:class:`uda_jax.errors.UserError`, before anything is written or trained.
+:class:`uda_jax.errors.UserError`, before anything is written or trained. Research code may pass
+its own pieces instead of naming them in the config: in-memory domains
+(:func:`uda_jax.data.domains.from_arrays`), an optax transformation and schedule.
 """
 
 from __future__ import annotations
@@ -9,18 +12,19 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import jax
 import jax.numpy as jnp
+import optax
 
+from uda_jax import cpu
 from uda_jax.config import Config
 from uda_jax.data.domains import check_compatible
 from uda_jax.data.sources import AnyDomain, load_data_domain, num_examples
 from uda_jax.errors import UserError
-from uda_jax.methods import METHODS, get_method, metaalign, supports_metaalign
-from uda_jax.methods.base import StepContext, compile_loop_step
+from uda_jax.methods import Batch, Method, Metrics, StepContext, build_method, predict
 from uda_jax.models import build_network
 from uda_jax.models.torch_weights import load_pretrained_backbone
 from uda_jax.optim import build_optimizers
@@ -34,16 +38,31 @@ class Experiment:
     config: Config
     source: AnyDomain
     target: AnyDomain
+    method: Method
     ctx: StepContext
-    method: Any
+    cpu_tuning: cpu.CpuTuning
 
 
-def build_experiment(config: Config) -> Experiment:
-    """Loads the domains and builds network, optimizers and method; all user errors happen here."""
-    method = get_method(config.method.name)
+def build_experiment(
+    config: Config,
+    *,
+    source: AnyDomain | None = None,
+    target: AnyDomain | None = None,
+    transformation: optax.GradientTransformation | None = None,
+    schedule: optax.Schedule | None = None,
+) -> Experiment:
+    """Loads the domains (unless given) and builds network, optimizers and method.
+
+    Args:
+      config: a validated config.
+      source, target: in-memory or loaded domains to use instead of ``config.data``'s names.
+      transformation, schedule: your own optax pieces (see
+        :func:`uda_jax.optim.build_optimizers`).
+    """
+    method = build_method(config)
     data = config.data
-    source = load_data_domain(data.source, data)
-    target = load_data_domain(data.target, data)
+    source = source if source is not None else load_data_domain(data.source, data)
+    target = target if target is not None else load_data_domain(data.target, data)
     check_compatible(source, target)
     for domain in (source, target):
         if data.batch_size > num_examples(domain):
@@ -51,25 +70,26 @@ def build_experiment(config: Config) -> Experiment:
                 f"data.batch_size={data.batch_size} is larger than domain {domain.name!r} "
                 f"({num_examples(domain)} training images); lower data.batch_size"
             )
-    if config.metaalign.enabled and not supports_metaalign(config.method.name):
-        valid = ", ".join(n for n in METHODS if supports_metaalign(n))
-        raise UserError(
-            f"metaalign.enabled needs an adversarial method ({valid}), not {config.method.name!r}"
-        )
+    tuning = cpu.tuning(config.cpu_tuning, config.model.backbone)
+    spec = method.network
     network = build_network(
         config.model,
         source.num_classes,
-        method.NUM_CLASSIFIERS,
+        spec.num_classifiers,
+        head=spec.head,
+        bridge=spec.bridge,
+        discriminator_input=spec.discriminator_input,
         dtype=jnp.bfloat16 if config.precision == "bf16" else jnp.float32,
-        **getattr(method, "NETWORK", {}),
+        ops=cpu.layer_ops(tuning),
     )
     pretrained_path(config)  # a missing weights file fails here, before anything runs
     params, _ = jax.eval_shape(lambda: network.init(jax.random.key(0), source.image_shape))
     masks = {group: network.frozen_mask(group, tree) for group, tree in params.items()}
-    optimizers = build_optimizers(config.optimizer, masks)
-    metaalign_config = config.metaalign if config.metaalign.enabled else None
-    ctx = StepContext(network, optimizers, config.method, metaalign_config)
-    return Experiment(config, source, target, ctx, method)
+    optimizers = build_optimizers(
+        config.optimizer, masks, transformation=transformation, schedule=schedule
+    )
+    ctx = StepContext(network, optimizers)
+    return Experiment(config, source, target, method, ctx, tuning)
 
 
 def pretrained_path(config: Config) -> Path | None:
@@ -99,8 +119,8 @@ def pretrained_path(config: Config) -> Path | None:
 
 
 def create_train_state(experiment: Experiment) -> TrainState:
-    """The initial state: fresh parameters (the backbone from ``model.pretrained`` when set)
-    and optimizer states, pseudo-labels all −1."""
+    """The initial state: fresh parameters (the backbone from ``model.pretrained`` when set),
+    optimizer states and the method's extras."""
     key = jax.random.key(experiment.config.seed)
     init_key, train_key = jax.random.split(key)
     network = experiment.ctx.network
@@ -109,62 +129,30 @@ def create_train_state(experiment: Experiment) -> TrainState:
     if weights is not None:
         params, stats = load_pretrained_backbone(weights, params, stats)
         params, stats = jax.tree.map(jnp.asarray, (params, stats))
-    num_target = num_examples(experiment.target)
-    extras = metaalign.init_extras(params) if experiment.ctx.metaalign else {}
-    return TrainState.create(
-        params,
-        stats,
-        experiment.ctx.optimizers,
-        jnp.full((num_target,), -1, jnp.int32),
-        train_key,
-        extras,
-    )
+    extras = experiment.method.init_extras(params, num_examples(experiment.target))
+    return TrainState.create(params, stats, experiment.ctx.optimizers, train_key, extras)
 
 
-def step_roles(experiment: Experiment):
-    """``(train_steps, role_at)``: the train step function(s) the loop compiles, by role, and
-    ``role_at(step)``, the role that runs iteration ``step``.
-
-    One role (``None``) for most methods. With MetaAlign, one per role assignment
-    (``align_first`` False/True); a method with ``step_variants`` (CGDM: warm-up or not) gives
-    its own. Chosen on the host, since a ``lax.cond`` in the step costs time: XLA on CPU runs
-    convolutions inside one several times slower, and fuses nothing across its boundary.
-    A role's function is compiled the first time it runs (:func:`make_step_fn`).
-    """
-    ctx = experiment.ctx
-    if ctx.metaalign:
-        steps = {
-            flag: functools.partial(metaalign.branch_step, align_first=flag)
-            for flag in (False, True)
-        }
-        return steps, lambda step: bool(metaalign.align_first_now(step, ctx.metaalign))
-    variants = getattr(experiment.method, "step_variants", None)
-    if variants is not None:
-        return variants(ctx)
-    return {None: experiment.method.train_step}, lambda step: None
+def jit(experiment: Experiment, fn: Callable, **jit_kwargs) -> Callable:
+    """``jax.jit(fn, **jit_kwargs)`` with the experiment's CPU compiler options: the one way
+    uda-jax compiles."""
+    return cpu.jit(fn, experiment.cpu_tuning, **jit_kwargs)
 
 
-class StepFunction:
-    """``(state, batch, step) -> (state, metrics)``: the compiled step for iteration ``step``
-    (one jit-compiled function per role of :func:`step_roles`, compiled at its first call)."""
+def compile_train_step(
+    experiment: Experiment,
+) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+    """The method's step as ``(state, batch) -> (state, metrics)``, jit-compiled once, donating
+    the old state. Its key is ``fold_in(state.key, state.step)``, so any run that reaches a step
+    (fresh or resumed, on any device count) draws the same randomness there."""
+    step = functools.partial(experiment.method.step, experiment.ctx)
 
-    def __init__(self, experiment: Experiment) -> None:
-        train_steps, self._role_at = step_roles(experiment)
-        self._fns = {
-            role: compile_loop_step(fn, experiment.ctx) for role, fn in train_steps.items()
-        }
-        self._ran: set[Any] = set()
+    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+        return step(state, batch, jax.random.fold_in(state.key, state.step))
 
-    def compiles(self, step: int) -> bool:
-        """Whether calling iteration ``step`` compiles: its role has not run yet."""
-        return self._role_at(step) not in self._ran
-
-    def __call__(self, state: TrainState, batch: dict, step: int) -> tuple[TrainState, dict]:
-        role = self._role_at(step)
-        self._ran.add(role)
-        return self._fns[role](state, batch)
+    return jit(experiment, train_step, donate_argnums=0)
 
 
-def make_step_fn(experiment: Experiment) -> StepFunction:
-    """The training loop's step function, ``(state, batch, step) -> (state, metrics)``."""
-    return StepFunction(experiment)
+def compile_predict(experiment: Experiment):
+    """``(params, batch_stats, images) -> (features, logits)`` in eval mode, jit-compiled."""
+    return jit(experiment, functools.partial(predict, experiment.ctx.network))

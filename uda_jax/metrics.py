@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -59,11 +60,13 @@ class MetricsWriter:
 
 
 class ProgressBar:
-    """A tqdm bar over the training steps with the latest losses and an ETA (on stderr)."""
+    """A tqdm bar over the training steps with the latest losses, the learning rate and an
+    ETA (on stderr). ``shown``: the metric names to show (the method's first four)."""
 
-    _SHOWN = ("loss_cls", "disc_min", "loss_gd", "loss_ent")
-
-    def __init__(self, total: int, enabled: bool = True, initial: int = 0):
+    def __init__(
+        self, total: int, enabled: bool = True, initial: int = 0, shown: Sequence[str] = ()
+    ):
+        self._shown = (*tuple(shown)[:4], "learning_rate")
         self._bar = tqdm(
             total=total,
             initial=initial,
@@ -75,9 +78,8 @@ class ProgressBar:
 
     def show(self, metrics: dict[str, float]) -> None:
         """Shows the main training losses next to the bar."""
-        shown = {
-            k.split("/")[-1]: f"{v:.4f}" for k, v in metrics.items() if k.endswith(self._SHOWN)
-        }
+        values = {k.split("/")[-1]: v for k, v in metrics.items() if k.startswith("train/")}
+        shown = {n: f"{values[n]:.4g}" for n in self._shown if n in values}
         self._bar.set_postfix(shown, refresh=False)
 
     def advance(self) -> None:

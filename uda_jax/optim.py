@@ -1,30 +1,33 @@
-"""Optimizers from the config: any optax optimizer by name, per module group.
+"""Optimizers and learning-rate schedules: plain optax, one optimizer state per module group.
 
-Each module group (``g``, ``f1``, ``f2``, ...) gets its own optimizer state, stepped only when a
-sub-step updates that group, as the reference's separate ``optimizer_g`` / ``optimizer_f`` are
-(CGDM steps F twice per iteration, G five times; reference Part VII §3). The transformation is
+Each module group (``g``, ``f1``, ``f2``, ``d``, ...) gets its own optimizer state, stepped only
+when a sub-step updates that group, as the official code's separate ``optimizer_g`` /
+``optimizer_f`` are (CGDM steps F twice per iteration, G five times). A group's update is
 
-    chain(add_decayed_weights(weight_decay),          # coupled L2, as torch.optim.SGD
-          inject_hyperparams(optax.<name>)(learning_rate, **kwargs),
-          masked(set_to_zero(), frozen))              # frozen leaves stay bitwise unchanged
+    chain(add_decayed_weights(weight_decay),   # coupled L2, as torch.optim.SGD adds it
+          <optimizer at learning rate 1>,       # optax.<name>(1.0, **kwargs), or your own
+          masked(set_to_zero(), frozen))        # frozen leaves stay bitwise unchanged
 
-and the learning rate of the injected optimizer is set before every update to
-``learning_rate · schedule(t) · lr_mult`` with ``t`` the training iteration, so a module stepped
-several times per iteration still follows the iteration-based schedule of the reference.
+scaled by ``schedule(t) · lr_mult`` with ``t`` the training *iteration* (``state.step``), so a
+group stepped several times per iteration still follows the iteration-based schedule of the
+papers. The schedule is any ``optax.Schedule``; from YAML, ``inv`` (the papers'
+``lr0·(1 + gamma·t)^(−power)``), ``constant`` or an optax schedule by name. Scaling the output
+of the optimizer at learning rate 1 is exact for optax optimizers whose learning rate is their
+final scale (sgd, adam, adamw, lion, rmsprop, ...); :func:`build_optimizers` checks it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from uda_jax.config import OptimizerConfig
+from uda_jax.config import OptimizerConfig, ScheduleConfig
 from uda_jax.errors import UserError, did_you_mean
 
 PyTree = Any
@@ -41,73 +44,147 @@ OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
 }
 
 
-def learning_rate_at(config: OptimizerConfig, step: jax.Array) -> jax.Array:
-    """The base learning rate at iteration ``step``: constant, or ``lr0·(1 + γ·t)^(−power)``."""
-    lr0 = jnp.asarray(config.learning_rate, jnp.float32)
-    if config.schedule == "inv":
-        t = jnp.asarray(step, jnp.float32)
-        return lr0 * (1.0 + config.schedule_gamma * t) ** (-config.schedule_power)
-    return lr0
+def inv_schedule(init_value: float, gamma: float = 0.001, power: float = 0.75) -> optax.Schedule:
+    """The papers' ``lr(t) = init_value · (1 + gamma·t)^(−power)`` as an optax schedule."""
+
+    def schedule(count: jax.Array) -> jax.Array:
+        t = jnp.asarray(count, jnp.result_type(float))
+        return init_value * (1.0 + gamma * t) ** (-power)
+
+    return schedule
+
+
+def _optax_schedules() -> dict[str, Callable[..., optax.Schedule]]:
+    return {
+        name: fn
+        for name, fn in vars(optax.schedules).items()
+        if inspect.isfunction(fn)
+        and not name.startswith("_")
+        and ("schedule" in name or name == "exponential_decay")
+        and name != "join_schedules"
+    }
+
+
+def build_schedule(learning_rate: float, config: ScheduleConfig) -> optax.Schedule:
+    """The schedule of ``config``: ``constant``, ``inv`` or any optax schedule by name, called
+    with ``learning_rate`` as its first argument (unless ``config.kwargs`` sets it).
+
+    Raises:
+      UserError: unknown schedule or keyword, or a schedule that fails at iteration 0.
+    """
+    factories: dict[str, Callable[..., optax.Schedule]] = {
+        "constant": optax.constant_schedule,
+        "inv": inv_schedule,
+        **_optax_schedules(),
+    }
+    if config.name not in factories:
+        hint = did_you_mean(config.name, factories)
+        raise UserError(
+            f"unknown optimizer.schedule.name {config.name!r}{hint}; "
+            f"valid: {', '.join(sorted(factories))}"
+        )
+    factory = factories[config.name]
+    params = list(inspect.signature(factory).parameters)
+    kwargs = dict(config.kwargs)
+    for key in kwargs:
+        if key not in params:
+            raise UserError(
+                f"optimizer.schedule.kwargs.{key}: {config.name} has no such argument"
+                f"{did_you_mean(key, params)}; it takes: {', '.join(params)}"
+            )
+    kwargs.setdefault(params[0], learning_rate)
+    try:
+        schedule = factory(**kwargs)
+        value = float(schedule(0))
+    except (TypeError, ValueError) as err:
+        raise UserError(f"optimizer.schedule {config.name} with {kwargs}: {err}") from None
+    if not jnp.isfinite(value) or value < 0:
+        raise UserError(f"optimizer.schedule {config.name} gives {value} at iteration 0")
+    return as_default_float(schedule)
+
+
+def as_default_float(schedule: optax.Schedule) -> optax.Schedule:
+    """``schedule`` returning an array of the default float type (float64 under x64)."""
+    return lambda count: jnp.asarray(schedule(count), jnp.result_type(float))
 
 
 @dataclasses.dataclass(frozen=True)
-class ModuleOptimizer:
-    """The optimizer of one module group; ``update`` applies one step to its params."""
+class GroupOptimizer:
+    """The optimizer of one module group.
 
-    config: OptimizerConfig
-    lr_mult: float
+    Attributes:
+      transformation: the update direction at learning rate 1 (decay, optimizer, frozen mask).
+      schedule: the base learning rate by training iteration (an ``optax.Schedule``).
+      lr_mult: this group's multiplier of the schedule.
+    """
+
     transformation: optax.GradientTransformation
+    schedule: optax.Schedule
+    lr_mult: float = 1.0
 
     def init(self, params: PyTree) -> optax.OptState:
         """Fresh optimizer state for ``params``."""
         return self.transformation.init(params)
 
+    def learning_rate(self, step: jax.Array) -> jax.Array:
+        """This group's learning rate at iteration ``step``."""
+        return self.schedule(step) * self.lr_mult
+
     def update(
         self, grads: PyTree, state: optax.OptState, params: PyTree, step: jax.Array
     ) -> tuple[PyTree, optax.OptState]:
         """One optimizer step at training iteration ``step``: ``(new_params, new_state)``."""
-        lr = learning_rate_at(self.config, step) * self.lr_mult
-        decay_state, injected, mask_state = state
-        hyperparams = dict(injected.hyperparams, learning_rate=lr)
-        injected = injected._replace(hyperparams=hyperparams)
-        updates, new_state = self.transformation.update(
-            grads, (decay_state, injected, mask_state), params
-        )
+        direction, new_state = self.transformation.update(grads, state, params)
+        lr = self.learning_rate(step)
+        updates = jax.tree.map(lambda u: jnp.asarray(lr, u.dtype) * u, direction)
         return optax.apply_updates(params, updates), new_state
 
 
 def build_optimizers(
-    config: OptimizerConfig, groups: dict[str, PyTree]
-) -> dict[str, ModuleOptimizer]:
-    """One :class:`ModuleOptimizer` per group; ``groups`` maps group name → frozen mask.
+    config: OptimizerConfig,
+    frozen: Mapping[str, PyTree],
+    *,
+    transformation: optax.GradientTransformation | None = None,
+    schedule: optax.Schedule | None = None,
+) -> dict[str, GroupOptimizer]:
+    """One :class:`GroupOptimizer` per group; ``frozen`` maps group name → frozen-leaf mask.
+
+    Args:
+      config: the ``optimizer`` section.
+      frozen: per group, a pytree of bools, True where the optimizer must not step.
+      transformation: your own optax transformation at learning rate 1 (e.g.
+        ``optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1.0))``), used for every
+        group instead of ``optax.<config.name>``; the schedule scales its output.
+      schedule: your own ``optax.Schedule`` of the iteration, instead of ``config.schedule``.
 
     Raises:
-      UserError: unknown optimizer name, keyword argument or group name.
+      UserError: unknown optimizer, keyword or group; weight decay applied twice.
     """
-    fn = optimizer_fn(config.name)
-    unknown_groups = set(config.groups) - set(groups)
+    unknown_groups = set(config.groups) - set(frozen)
     if unknown_groups:
         name = sorted(unknown_groups)[0]
         raise UserError(
             f"optimizer.groups.{name}: this method has no module '{name}'; "
-            f"its modules are {', '.join(groups)}"
+            f"its modules are {', '.join(frozen)}"
         )
+    if schedule is None:
+        schedule = build_schedule(config.learning_rate, config.schedule)
+    else:
+        schedule = as_default_float(schedule)
     optimizers = {}
-    for group, frozen in groups.items():
+    for group, mask in frozen.items():
         group_config = config.groups.get(group)
-        kwargs = dict(config.kwargs)
-        lr_mult = 1.0
-        if group_config is not None:
-            kwargs.update(group_config.kwargs)
-            lr_mult = group_config.lr_mult
-        _check_kwargs(config.name, fn, kwargs)
-        _try_kwargs(config.name, fn, kwargs, group)
-        transformation = optax.chain(
+        lr_mult = 1.0 if group_config is None else group_config.lr_mult
+        direction = transformation
+        if direction is None:
+            kwargs = dict(config.kwargs) | ({} if group_config is None else group_config.kwargs)
+            direction = _named_optimizer(config, kwargs, group)
+        chain = optax.chain(
             optax.add_decayed_weights(config.weight_decay),
-            optax.inject_hyperparams(fn)(learning_rate=config.learning_rate, **kwargs),
-            optax.masked(optax.set_to_zero(), frozen),
+            direction,
+            optax.masked(optax.set_to_zero(), mask),
         )
-        optimizers[group] = ModuleOptimizer(config, lr_mult, transformation)
+        optimizers[group] = GroupOptimizer(chain, schedule, lr_mult)
     return optimizers
 
 
@@ -121,26 +198,58 @@ def optimizer_fn(name: str) -> Callable[..., optax.GradientTransformation]:
     return OPTIMIZERS[name]
 
 
-def _try_kwargs(name: str, fn: Callable, kwargs: dict[str, Any], group: str) -> None:
-    """One update of a 2-vector, so a keyword of the wrong type fails here with one line."""
+def _named_optimizer(
+    config: OptimizerConfig, kwargs: dict[str, Any], group: str
+) -> optax.GradientTransformation:
+    """``optax.<name>(1.0, **kwargs)`` after checking its keywords, its decay and its scaling."""
+    fn = optimizer_fn(config.name)
+    accepted = [p for p in inspect.signature(fn).parameters if p != "learning_rate"]
+    for key in kwargs:
+        if key not in accepted:
+            raise UserError(
+                f"optax.{config.name} has no argument '{key}'{did_you_mean(key, accepted)}; "
+                f"it takes: {', '.join(accepted)}"
+            )
+    own_decay = kwargs.get("weight_decay", _default(fn, "weight_decay"))
+    if config.weight_decay and own_decay:
+        raise UserError(
+            f"optimizer.weight_decay={config.weight_decay} (coupled L2) and optax.{config.name}'s "
+            f"own decoupled weight_decay={own_decay} would decay twice; set "
+            "optimizer.weight_decay=0 or optimizer.kwargs.weight_decay=0"
+        )
+    _check_final_scale(config.name, fn, kwargs, group)
+    return fn(learning_rate=1.0, **kwargs)
+
+
+def _default(fn: Callable, name: str) -> Any:
+    parameter = inspect.signature(fn).parameters.get(name)
+    if parameter is None or parameter.default is inspect.Parameter.empty:
+        return None
+    return parameter.default
+
+
+def _check_final_scale(name: str, fn: Callable, kwargs: dict[str, Any], group: str) -> None:
+    """Two updates of a small vector at learning rates 1 and 0.5: a keyword of the wrong type
+    fails here with one line, and so does an optimizer whose learning rate is not its final
+    scale (scaling its output by the schedule would then not be that optimizer)."""
     try:
-        # standard promotion: optax mixes Python floats and int32 counters internally
-        with jax.numpy_dtype_promotion("standard"):
-            params = {"x": jnp.ones(2)}
-            transformation = fn(learning_rate=0.1, **kwargs)
-            transformation.update(params, transformation.init(params), params)
+        with jax.numpy_dtype_promotion("standard"):  # optax mixes floats and int32 counters
+            params = {"x": jnp.asarray([1.0, -2.0, 0.5])}
+            grads = {"x": jnp.asarray([0.3, 0.1, -0.7])}
+            outputs = []
+            for lr in (1.0, 0.5):
+                tx = fn(learning_rate=lr, **kwargs)
+                state = tx.init(params)
+                for _ in range(2):
+                    updates, state = tx.update(grads, state, params)
+                outputs.append(updates["x"])
     except (TypeError, ValueError, AttributeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(
             f"optax.{name} rejects the keyword arguments {kwargs} of group '{group}': {first[:200]}"
         ) from None
-
-
-def _check_kwargs(name: str, fn: Callable, kwargs: dict[str, Any]) -> None:
-    accepted = [p for p in inspect.signature(fn).parameters if p != "learning_rate"]
-    for key in kwargs:
-        if key not in accepted:
-            raise UserError(
-                f"optax.{name} has no argument '{key}'{did_you_mean(key, accepted)}; "
-                f"it takes: {', '.join(accepted)}"
-            )
+    if not jnp.allclose(0.5 * outputs[0], outputs[1], rtol=1e-5, atol=1e-7):
+        raise UserError(
+            f"optax.{name} uses its learning rate other than as a final scale, which the "
+            "iteration-based schedule needs; pass it from Python as your own transformation"
+        )

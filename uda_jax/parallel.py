@@ -280,10 +280,11 @@ def shard_batch(
 ) -> dict[str, jax.Array]:
     """Global arrays split along their first axis over the mesh's ``data`` axis.
 
-    ``batch`` is the global batch, the same on every process (the deterministic
-    :class:`~uda_jax.data.pipeline.DomainPairStream` yields it on every host): one process
-    places it on its devices; with several, each keeps its own rows (:func:`host_share`) and
-    the global arrays are assembled from all processes' rows.
+    ``batch`` is the global batch, the same on every process (a deterministic
+    :class:`~uda_jax.data.pipeline.PairStream` built with its default ``process_count=1``
+    yields it on every host): one process places it on its devices; with several, each keeps
+    its own rows (:func:`host_share`) and the global arrays are assembled from all processes'
+    rows.
 
     ``process_local=True``: ``batch`` holds only this process's rows (:func:`host_rows` of the
     global batch), for hosts that load only their share; the global batch has

@@ -1,4 +1,4 @@
-"""PNG figures of a finished run: training curves and a t-SNE of source vs target features.
+"""PNG figures of a finished run: training curves and a t-SNE of source and target features.
 
 Written into the run directory at the end of training (``plots: true``), from ``metrics.jsonl``
 and from features of the network at initialisation ("before adaptation") and at the end.
@@ -7,6 +7,7 @@ and from features of the network at initialisation ("before adaptation") and at 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -35,33 +36,42 @@ def _series(records: list[dict], prefix: str) -> dict[str, tuple[list[int], list
     return series
 
 
-def plot_curves(metrics_path: Path, out_path: Path) -> None:
-    """Training losses (left) and target accuracies (right) against the step."""
+def plot_curves(metrics_path: Path, out_path: Path, alignment_metrics: Sequence[str] = ()) -> None:
+    """Four panels against the step: classification losses, alignment losses (the method's
+    ``alignment_metrics``), the learning rate, and the target accuracies."""
     records = read_metrics(metrics_path)
-    fig, (losses, accuracy) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for name, (steps, values) in sorted(_series(records, "train/").items()):
-        losses.plot(steps, values, label=name)
-    losses.set(xlabel="step", title="training losses")
-    losses.legend(fontsize="small", ncol=2)
-    for name, (steps, values) in sorted(_series(records, "eval/").items()):
-        accuracy.plot(steps, values, marker="o", label=name)
-    accuracy.set(xlabel="step", ylim=(0, 1), title="target evaluation")
-    accuracy.legend(fontsize="small")
+    train = _series(records, "train/")
+    alignment = {n: s for n, s in train.items() if n in alignment_metrics}
+    learning_rate = {n: s for n, s in train.items() if n == "learning_rate"}
+    classification = {
+        n: s for n, s in train.items() if n not in alignment and n not in learning_rate
+    }
+    panels = (
+        ("classification losses", classification, {}),
+        ("alignment losses", alignment, {}),
+        ("learning rate", learning_rate, {}),
+        ("target evaluation", _series(records, "eval/"), {"ylim": (0, 1), "marker": "o"}),
+    )
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4.5))
+    for ax, (title, series, options) in zip(axes, panels, strict=True):
+        marker = options.get("marker")
+        for name, (steps, values) in sorted(series.items()):
+            ax.plot(steps, values, label=name, marker=marker)
+        ax.set(xlabel="step", title=title)
+        if "ylim" in options:
+            ax.set_ylim(*options["ylim"])
+        if series:
+            ax.legend(fontsize="small")
+        else:
+            ax.text(0.5, 0.5, "none", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
     fig.savefig(out_path, dpi=100)
     plt.close(fig)
 
 
-def _subsample(features: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    if len(features) <= TSNE_POINTS_PER_DOMAIN:
-        return features
-    return features[rng.choice(len(features), TSNE_POINTS_PER_DOMAIN, replace=False)]
-
-
 def tsne_embedding(source: np.ndarray, target: np.ndarray, seed: int) -> np.ndarray:
-    """2-D t-SNE of up to 500 source and 500 target features, rows source first."""
-    rng = np.random.default_rng(seed)
-    points = np.concatenate([_subsample(source, rng), _subsample(target, rng)])
+    """2-D t-SNE of the ``source`` and ``target`` features, rows source first."""
+    points = np.concatenate([source, target])
     perplexity = min(30.0, (len(points) - 1) / 3)
     tsne = TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed)
     return tsne.fit_transform(points.astype(np.float64))
@@ -70,20 +80,28 @@ def tsne_embedding(source: np.ndarray, target: np.ndarray, seed: int) -> np.ndar
 def plot_feature_tsne(
     before: tuple[np.ndarray, np.ndarray],
     after: tuple[np.ndarray, np.ndarray],
+    labels: tuple[np.ndarray, np.ndarray],
     out_path: Path,
     seed: int = 0,
 ) -> None:
-    """Side-by-side t-SNE of ``(source, target)`` features before and after adaptation."""
+    """Side-by-side t-SNE of ``(source, target)`` features before and after adaptation,
+    coloured by class (``labels``), with the domain as the marker (source ○, target ×)."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 5))
+    colours = plt.get_cmap("tab10" if int(max(map(np.max, labels))) < 10 else "tab20")
     for ax, (source, target), title in zip(
         axes, (before, after), ("before adaptation", "after adaptation"), strict=True
     ):
         points = tsne_embedding(source, target, seed)
-        n = min(len(source), TSNE_POINTS_PER_DOMAIN)
-        ax.scatter(*points[:n].T, s=4, alpha=0.6, label="source")
-        ax.scatter(*points[n:].T, s=4, alpha=0.6, label="target")
+        n = len(source)
+        for rows, marker, domain, y in (
+            (points[:n], "o", "source", labels[0]),
+            (points[n:], "x", "target", labels[1]),
+        ):
+            ax.scatter(
+                *rows.T, s=6, alpha=0.6, c=colours(y % colours.N), marker=marker, label=domain
+            )
         ax.set(title=title, xticks=[], yticks=[])
-        ax.legend(markerscale=3)
+        ax.legend(markerscale=2)
     fig.tight_layout()
     fig.savefig(out_path, dpi=100)
     plt.close(fig)

@@ -30,7 +30,7 @@ RESUMABLE_CHANGES = frozenset(
         "plots",
         "checkpoint",
         "distributed",
-        "cpu_memory",
+        "cpu_tuning",
     }
 )
 

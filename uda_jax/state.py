@@ -18,22 +18,19 @@ class TrainState:
 
     Attributes:
       step: training iterations done so far (int32 scalar); the per-step RNG key is
-        ``fold_in(key, step)`` (DESIGN principle 10).
+        ``fold_in(key, step)``, so a resumed run and any device count draw the same keys.
       params: ``{group: pytree}`` with groups ``g``, ``f`` or ``f1``/``f2``.
       batch_stats: BatchNorm running statistics, grouped like ``params``.
       opt_state: ``{group: optax state}``, one optimizer state per module group.
-      pseudo_labels: ``[num_target_train]`` int32 target pseudo-labels (−1 before the first
-        refresh); training batches look them up by ``target_index``.
       key: the run's base PRNG key.
-      extras: method-specific state, a dict pytree (MetaAlign keeps its last fast
-        discriminator weights here); empty for most methods.
+      extras: method-specific state, a dict pytree (CGDM keeps its target pseudo-labels here,
+        MetaAlign its last fast discriminator weights); empty for most methods.
     """
 
     step: jax.Array
     params: PyTree
     batch_stats: PyTree
     opt_state: PyTree
-    pseudo_labels: jax.Array
     key: jax.Array
     extras: PyTree = dataclasses.field(default_factory=dict)
 
@@ -43,7 +40,6 @@ class TrainState:
         params: PyTree,
         batch_stats: PyTree,
         optimizers: dict[str, Any],
-        pseudo_labels: jax.Array,
         key: jax.Array,
         extras: PyTree | None = None,
     ) -> TrainState:
@@ -53,7 +49,6 @@ class TrainState:
             params=params,
             batch_stats=batch_stats,
             opt_state={g: opt.init(params[g]) for g, opt in optimizers.items()},
-            pseudo_labels=pseudo_labels,
             key=key,
             extras={} if extras is None else extras,
         )

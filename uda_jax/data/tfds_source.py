@@ -94,7 +94,7 @@ def load_tfds_domain(
 ) -> DomainData:
     """A small TFDS domain (digits) in memory as :class:`DomainData`: images resized (PIL
     bilinear) to ``image_size`` × ``image_size``, grey repeated to RGB, float32 in [−1, 1],
-    so the in-memory :class:`~uda_jax.data.pipeline.DomainPairStream` serves it.
+    read by :class:`~uda_jax.data.pipeline.PairStream` as rows, with no decode.
 
     ``max_examples`` keeps the first examples of each split (quick experiments).
     """

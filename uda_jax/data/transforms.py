@@ -1,4 +1,4 @@
-"""Image transforms with torchvision's semantics, in numpy/PIL (algorithms.md §1.9, §2.8).
+"""Image transforms with torchvision's semantics, in numpy/PIL.
 
 The reference pre-processing is ``Resize((256, 256))`` (PIL bilinear) → ``RandomCrop(224)`` or
 ``CenterCrop(224)`` → ``RandomHorizontalFlip`` → ``ToTensor`` + ImageNet ``Normalize``. Here every

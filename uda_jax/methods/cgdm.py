@@ -1,43 +1,62 @@
-"""CGDM: cross-domain gradient discrepancy minimisation (Du et al., CVPR 2021; reference Part I).
+"""CGDM: cross-domain gradient discrepancy minimisation (Du et al., CVPR 2021).
 
 MCD's three steps (:mod:`uda_jax.methods.mcd`) with two additions, switched on once
-``step >= warmup_steps`` (the reference's warm-up epoch) and the pseudo-labels exist:
+``step >= warmup_steps`` (the official code's warm-up epoch):
 
-  A. ``+ α · Σ_n L^W(z_n_t, ŷ_t)``  pseudo-label weighted CE (§1.4), α = ``pseudo_weight``
-  C. ``+ β · L_GD``                 gradient discrepancy (§1.6), β = ``gd_weight``
+  A. ``+ α · Σ_n L^W(z_n_t, ŷ_t)``  pseudo-label weighted cross-entropy, α = ``pseudo_weight``
+  C. ``+ β · L_GD``                 gradient discrepancy, β = ``gd_weight``
 
 ``L_GD = ½ Σ_n mean_P (1 − cos(∂CE(z_n_s, y_s)/∂P, ∂L^W(z_n_t, ŷ_t)/∂P))`` over the parameter
 tensors P of classifier n (row-wise cosine for weight matrices). Both gradients are taken with
-``jax.vjp`` of the Step-C classifier forward (same dropout mask, BN over all 2B rows) and the
-loss is differentiated with respect to G through them: a gradient of a gradient. The pseudo-labels ŷ
-come from :func:`uda_jax.pseudo_labels.cluster_pseudo_labels`, refreshed by the training loop.
+``jax.vjp`` of the step-C classifier forward (same dropout mask, BatchNorm over all 2B rows) and
+the loss is differentiated with respect to G through them: a gradient of a gradient.
+
+The warm-up switch is data: the two terms are multiplied by ``step >= warmup_steps`` (0 or 1),
+so one compiled iteration serves every step. The pseudo-labels ŷ live in ``state.extras`` and
+are recomputed by :meth:`CGDM.hook` (:func:`uda_jax.pseudo_labels.cluster_pseudo_labels`)
+every ``pseudo_interval`` iterations from ``warmup_steps`` on.
+
+References:
+  Du, Z., Li, J., Su, H., Zhu, L., Lu, K. Cross-Domain Gradient Discrepancy Minimization for
+  Unsupervised Domain Adaptation. CVPR 2021. Code: https://github.com/lijin118/CGDM
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 
+from uda_jax.config import check_range
 from uda_jax.losses import cross_entropy, gradient_discrepancy, weighted_cross_entropy
-from uda_jax.methods import mcd
-from uda_jax.methods.base import Batch, Metrics, StepContext
+from uda_jax.methods.api import Batch, Metrics, Predict, StepContext
+from uda_jax.methods.mcd import MCD, McdConfig
+from uda_jax.methods.registry import register
+from uda_jax.pseudo_labels import cluster_pseudo_labels
 from uda_jax.state import TrainState
 
-NUM_CLASSIFIERS = 2
-USES_PSEUDO_LABELS = True
+
+@dataclasses.dataclass(frozen=True)
+class CgdmConfig(McdConfig):
+    """Options of CGDM (section ``cgdm``): MCD's, plus its pseudo-label and L_GD terms."""
+
+    entropy_weight: float = 0.01  # w_E of the entropy term E in steps A, B, C
+    pseudo_weight: float = 0.01  # α: pseudo-label weighted cross-entropy in step A
+    gd_weight: float = 0.01  # β: gradient discrepancy loss in step C
+    warmup_steps: int = 200  # steps before pseudo-labels and L_GD switch on
+    pseudo_interval: int = 100  # recompute the target pseudo-labels every this many steps
+
+    def validate(self, where: str) -> None:
+        """MCD's checks, non-negative α, β and warm-up, positive refresh interval."""
+        super().validate(where)
+        weights = ("pseudo_weight", "gd_weight", "warmup_steps")
+        check_range(self, where, positive=("pseudo_interval",), non_negative=weights)
 
 
 def target_pseudo_labels(state: TrainState, batch: Batch) -> jax.Array:
     """The pseudo-labels ``[B]`` of the batch's target rows (0 before the first refresh)."""
-    return jnp.maximum(state.pseudo_labels[batch["target_index"]], 0)
-
-
-def is_active(state: TrainState, ctx: StepContext) -> jax.Array:
-    """Whether the pseudo-label and gradient-discrepancy terms are on at this step."""
-    return state.step >= ctx.method.warmup_steps
+    return jnp.maximum(state.extras["pseudo_labels"][batch["target_index"]], 0)
 
 
 def classifier_gradient_discrepancy(
@@ -68,10 +87,10 @@ def classifier_gradient_discrepancy(
 def gradient_discrepancy_loss(
     ctx: StepContext, state: TrainState, batch: Batch, features: jax.Array, rng: jax.Array
 ) -> jax.Array:
-    """``L_GD = (gm_1 + gm_2) / 2`` over both classifiers (§1.6).
+    """``L_GD = (gm_1 + gm_2) / 2`` over both classifiers.
 
-    ``rng`` is the classifiers' dropout key of the Step-C forward pass, split the same way as
-    :func:`uda_jax.methods.base.classify` splits it, so the masks are those of that pass.
+    ``rng`` is the classifiers' dropout key of the step-C forward pass, split the same way as
+    :func:`uda_jax.methods.api.classify` splits it, so the masks are those of that pass.
     """
     names = ctx.network.classifier_names
     keys = jax.random.split(rng, len(names))
@@ -90,69 +109,63 @@ def gradient_discrepancy_loss(
     return total / len(names)
 
 
-def _iteration(
-    state: TrainState, batch: Batch, rng: jax.Array, ctx: StepContext, active: bool | None
-) -> tuple[TrainState, Metrics]:
-    """Steps A (+ pseudo-label CE), B, C×num_k (+ L_GD). ``active``: ``None`` follows
-    ``state.step`` on the device; a Python bool fixes the warm-up switch when tracing."""
-    weights = ctx.method
+@register
+@dataclasses.dataclass(frozen=True)
+class CGDM(MCD):
+    """MCD + pseudo-label cross-entropy (step A) + gradient discrepancy (step C)."""
 
-    def pseudo_label_term(state, batch, logits):
-        if active is False:
-            zero = jnp.zeros((), jnp.float32)
-            return zero, {"train/loss_pseudo": zero}
+    config: CgdmConfig = dataclasses.field(default_factory=CgdmConfig)
+    name = "cgdm"
+    config_class = CgdmConfig
+    metrics = (
+        "loss_cls",
+        "disc_min",
+        "loss_gd",
+        "loss_ent",
+        "loss_pseudo",
+        "disc_max",
+        "loss_a",
+        "loss_b",
+        "loss_c",
+    )
+    alignment_metrics = ("disc_min", "disc_max", "loss_gd", "loss_c")
+
+    @property
+    def warmup_steps(self) -> int:
+        """Iterations before the pseudo-label and L_GD terms switch on."""
+        return self.config.warmup_steps
+
+    def _active(self, state: TrainState, dtype) -> jax.Array:
+        """1 once ``step >= warmup_steps``, else 0: the switch of both terms, as data."""
+        return (state.step >= self.config.warmup_steps).astype(dtype)
+
+    def extra_a(self, ctx, state, batch, logits) -> tuple[jax.Array, Metrics]:
+        """``α · on · Σ_n L^W(z_n_t, ŷ_t)``."""
         num_source = batch["source_label"].shape[0]
         labels = target_pseudo_labels(state, batch)
         loss = sum(weighted_cross_entropy(z[num_source:], labels) for z in logits.values())
-        if active:
-            return weights.pseudo_weight * loss, {"train/loss_pseudo": loss}
-        on = is_active(state, ctx).astype(loss.dtype)  # 0 before the first pseudo-labels
-        return weights.pseudo_weight * on * loss, {"train/loss_pseudo": on * loss}
+        loss = self._active(state, loss.dtype) * loss
+        return self.config.pseudo_weight * loss, {"train/loss_pseudo": loss}
 
-    def gd_term(state, batch, features, f_key):
-        if active is False:
-            loss = jnp.zeros((), features.dtype)
-        elif active:
-            loss = gradient_discrepancy_loss(ctx, state, batch, features, f_key)
-        else:
-            loss = jax.lax.cond(
-                is_active(state, ctx),
-                lambda f: gradient_discrepancy_loss(ctx, state, batch, f, f_key),
-                lambda f: jnp.zeros((), f.dtype),
-                features,
-            )
-        return weights.gd_weight * loss, {"train/loss_gd": loss}
+    def extra_c(self, ctx, state, batch, features, f_key) -> tuple[jax.Array, Metrics]:
+        """``β · on · L_GD``."""
+        loss = gradient_discrepancy_loss(ctx, state, batch, features, f_key)
+        loss = self._active(state, loss.dtype) * loss
+        return self.config.gd_weight * loss, {"train/loss_gd": loss}
 
-    return mcd.iteration(state, batch, rng, ctx, extra_a=pseudo_label_term, extra_c=gd_term)
+    def init_extras(self, params, num_target: int) -> dict[str, jax.Array]:
+        """Pseudo-labels of every target training example, −1 before the first refresh."""
+        del params
+        return {"pseudo_labels": jnp.full((num_target,), -1, jnp.int32)}
 
+    def hook_due(self, step: int) -> bool:
+        """Every ``pseudo_interval`` iterations from ``warmup_steps`` on."""
+        warmup, interval = self.config.warmup_steps, self.config.pseudo_interval
+        return step >= warmup and (step - warmup) % interval == 0
 
-def train_step(
-    state: TrainState, batch: Batch, rng: jax.Array, *, ctx: StepContext
-) -> tuple[TrainState, Metrics]:
-    """One CGDM iteration: steps A (+ pseudo-label CE), B, C×num_k (+ L_GD).
-
-    The warm-up switch follows ``state.step`` (``lax.cond`` around L_GD), so one compiled
-    function serves every step. The training loop uses :func:`branch_step` instead.
-    """
-    return _iteration(state, batch, rng, ctx, active=None)
-
-
-def branch_step(
-    state: TrainState, batch: Batch, rng: jax.Array, *, ctx: StepContext, active: bool
-) -> tuple[TrainState, Metrics]:
-    """One CGDM iteration with the warm-up switch fixed by the Python bool ``active``.
-
-    The same iteration as :func:`train_step` at a step where :func:`is_active` equals
-    ``active``. The training loop compiles one per value and picks it on the host
-    (:func:`step_variants`): without the ``lax.cond``, XLA merges L_GD's classifier forward
-    passes with step C's (24 of the digits step's 338 matrix products go) and schedules across
-    them; the digits CGDM step is about 12 % faster on CPU.
-    """
-    return _iteration(state, batch, rng, ctx, active=active)
-
-
-def step_variants(ctx: StepContext) -> tuple[dict[bool, Callable], Callable[[int], bool]]:
-    """``(steps, active_at)``: :func:`branch_step` for the warm-up (``False``) and after it
-    (``True``), and ``active_at(step)``, the one that runs iteration ``step``."""
-    steps = {flag: functools.partial(branch_step, active=flag) for flag in (False, True)}
-    return steps, lambda step: step >= ctx.method.warmup_steps
+    def hook(self, state: TrainState, predict: Predict) -> TrainState:
+        """Recomputes the pseudo-labels by clustering the eval-mode target training features."""
+        features, logits = predict("target", "train")
+        probs = jax.nn.softmax(jnp.asarray(logits))
+        labels = cluster_pseudo_labels(jnp.asarray(features), probs)
+        return state.replace(extras={**state.extras, "pseudo_labels": labels})

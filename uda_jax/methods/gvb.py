@@ -1,5 +1,5 @@
 """GVB-GD (Cui et al., CVPR 2020): gradually vanishing bridges on the generator and the
-discriminator (reference §2.5).
+discriminator.
 
 The head outputs ``logits = fc(f) − gvbg(f)``; the discriminator sees the softmax of those
 logits and outputs ``σ(d − b)`` with its bridge ``b = gvbd(h)``. The transfer loss is GVB's
@@ -8,18 +8,47 @@ entropy-weighted BCE; ``gvbg_weight · mean|z|`` and ``gvbd_weight · mean|b|`` 
 
 from __future__ import annotations
 
-from uda_jax import adversarial as adv
-from uda_jax.methods import adversarial
+import dataclasses
 
-NUM_CLASSIFIERS = 1
-USES_PSEUDO_LABELS = False
+from uda_jax import domain_losses
+from uda_jax.config import check_range
+from uda_jax.methods.adversarial import Adversarial, AdversarialConfig, Alignment
+from uda_jax.methods.registry import register
 
-ALIGNMENT = adversarial.Alignment(
-    name="gvb",
+GVB_ALIGNMENT = Alignment(
     bridge=True,
     input_width=lambda feature_dim, num_classes: num_classes,
     d_input=lambda features, probs: probs,
-    transfer_loss=adv.gvb_transfer_loss,
+    transfer_loss=domain_losses.gvb_transfer_loss,
 )
-NETWORK = ALIGNMENT.network_kwargs()
-train_step = adversarial.bind(ALIGNMENT)
+
+
+@dataclasses.dataclass(frozen=True)
+class GvbConfig(AdversarialConfig):
+    """Options of GVB-GD (section ``gvb``): the adversarial ones and the bridge penalties."""
+
+    gvbg_weight: float = 1.0  # GVB-G: weight of mean|z| of the generator bridge
+    gvbd_weight: float = 1.0  # GVB-D: weight of mean|b| of the discriminator bridge
+
+    def validate(self, where: str) -> None:
+        """The adversarial checks and non-negative bridge weights."""
+        super().validate(where)
+        check_range(self, where, non_negative=("gvbg_weight", "gvbd_weight"))
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class GVB(Adversarial):
+    """Adversarial alignment with gradually vanishing bridges."""
+
+    config: GvbConfig = dataclasses.field(default_factory=GvbConfig)
+    name = "gvb"
+    config_class = GvbConfig
+    alignment = GVB_ALIGNMENT
+    network = GVB_ALIGNMENT.network()
+    metrics = ("loss_cls", "loss_trs", "loss_gvbg_all", "loss_gvbd", "grad_norm")
+    alignment_metrics = ("loss_trs", "loss_gvbg_all", "loss_gvbd")
+
+    def bridge_weights(self) -> tuple[float, float]:
+        """``(gvbg_weight, gvbd_weight)`` from the config."""
+        return self.config.gvbg_weight, self.config.gvbd_weight

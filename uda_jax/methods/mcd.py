@@ -1,42 +1,59 @@
-"""MCD: maximum classifier discrepancy with two classifiers (CGDM's base, reference §1.5).
+"""MCD-style bi-classifier training (Saito et al., CVPR 2018), the base of CGDM.
 
 With ``E = Ent(p1_t) + Ent(p2_t)`` (weight ``entropy_weight``, 0 for plain MCD) and
-``d = d(p1_t, p2_t)``, one iteration runs, on one source and one target batch concatenated into
-one BN batch, with a fresh train-mode forward pass (and dropout mask) in every sub-step:
+``d = d(p1_t, p2_t)`` the mean absolute difference of the two classifiers' target
+probabilities, one iteration runs, on one source and one target batch concatenated into one
+BatchNorm batch, with a fresh train-mode forward pass (and dropout mask) in every sub-step:
 
   A. ``min_{G,F1,F2}  CE(z1_s, y_s) + CE(z2_s, y_s) + w_E·E``              (+ CGDM's extra)
   B. ``min_{F1,F2}    CE(z1_s, y_s) + CE(z2_s, y_s) − w_d·d + w_E·E``
   C. ``min_G          w_d·d + w_E·E`` repeated ``num_k`` times on the same batch (+ CGDM's L_GD)
 
-Steps A and B step the F optimizer state, A and C the G optimizer state. Every forward pass
-updates the BatchNorm running statistics, as the reference's does (Part VII §4). The hooks
-``extra_a`` / ``extra_c`` let CGDM add its terms without copying the steps.
+Steps A and B step the F optimizer states, A and C the G optimizer state. Every forward pass
+updates the BatchNorm running statistics, as the official CGDM code does. Subclasses add terms
+to steps A and C through :meth:`MCD.extra_a` and :meth:`MCD.extra_c` (CGDM does).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 
+from uda_jax.config import check_range
 from uda_jax.losses import classifier_discrepancy, cross_entropy, information_entropy
-from uda_jax.methods.base import (
+from uda_jax.methods.api import (
     Batch,
+    Method,
     Metrics,
+    NetworkSpec,
     StepContext,
     apply_updates,
     classify,
     source_and_target,
 )
+from uda_jax.methods.registry import register
 from uda_jax.state import TrainState
 
-NUM_CLASSIFIERS = 2
-USES_PSEUDO_LABELS = False
 CLASSIFIERS = ("f1", "f2")
 
-# extra_a(state, batch, logits) -> (loss, metrics); extra_c(state, batch, features, rng) -> same
-ExtraLoss = Callable[..., tuple[jax.Array, Metrics]]
+
+@dataclasses.dataclass(frozen=True)
+class McdConfig:
+    """Options of the bi-classifier iteration (section ``mcd``)."""
+
+    num_k: int = 4  # generator repeats of step C
+    # compile step C's repeats unrolled (fastest) or as one loop body (about num_k times less
+    # to compile: for ResNet backbones, whose unrolled step compiles for minutes)
+    unroll_c: bool = True
+    discrepancy_weight: float = 1.0  # w_d
+    entropy_weight: float = 0.0  # w_E: CGDM's entropy term E in steps A, B, C (0: plain MCD)
+
+    def validate(self, where: str) -> None:
+        """Positive ``num_k``, non-negative weights (``where``: the section's key prefix)."""
+        weights = ("discrepancy_weight", "entropy_weight")
+        check_range(self, where, positive=("num_k",), non_negative=weights)
 
 
 def _split(logits: dict[str, jax.Array], num_source: int):
@@ -46,7 +63,7 @@ def _split(logits: dict[str, jax.Array], num_source: int):
     return source, target_probs
 
 
-def _common_terms(ctx: StepContext, logits: dict[str, jax.Array], labels: jax.Array):
+def _common_terms(logits: dict[str, jax.Array], labels: jax.Array):
     """``(Σ_n CE(z_n_s, y_s), d(p1_t, p2_t), Σ_n Ent(p_n_t))`` of one forward pass."""
     source, target_probs = _split(logits, labels.shape[0])
     ce = sum(cross_entropy(source[n], labels) for n in CLASSIFIERS)
@@ -55,108 +72,112 @@ def _common_terms(ctx: StepContext, logits: dict[str, jax.Array], labels: jax.Ar
     return ce, disc, ent
 
 
-def step_a(state, batch, rng, ctx: StepContext, extra: ExtraLoss | None = None):
-    """Step A: G, F1 and F2 descend the source CE (+ entropy, + the method's extra term)."""
-    weights = ctx.method
-    g_key, f_key = jax.random.split(rng)
+@register
+@dataclasses.dataclass(frozen=True)
+class MCD(Method):
+    """Bi-classifier discrepancy: steps A, B and C×num_k (see the module docstring)."""
 
-    def loss_fn(params):
+    config: McdConfig = dataclasses.field(default_factory=McdConfig)
+    name = "mcd"
+    config_class = McdConfig
+    network = NetworkSpec(num_classifiers=2, head="mlp")
+    metrics = ("loss_cls", "disc_min", "disc_max", "loss_ent", "loss_a", "loss_b", "loss_c")
+    alignment_metrics = ("disc_min", "disc_max", "loss_c")
+
+    def extra_a(self, ctx, state, batch, logits) -> tuple[jax.Array, Metrics]:
+        """A term added to step A's loss, from the classifiers' logits ``[2B, classes]``."""
+        del ctx, state, batch
+        return jnp.zeros((), next(iter(logits.values())).dtype), {}
+
+    def extra_c(self, ctx, state, batch, features, f_key) -> tuple[jax.Array, Metrics]:
+        """A term added to step C's loss, from G's features ``[2B, dim]`` (differentiable) and
+        the classifiers' dropout key of that pass."""
+        del ctx, state, batch, f_key
+        return jnp.zeros((), features.dtype), {}
+
+    def step_a(self, ctx: StepContext, state: TrainState, batch: Batch, rng: jax.Array):
+        """Step A: G, F1 and F2 descend the source CE (+ entropy, + :meth:`extra_a`)."""
+        weights = self.config
+        g_key, f_key = jax.random.split(rng)
+
+        def loss_fn(params):
+            features, g_stats = ctx.network.apply_generator(
+                params["g"], state.batch_stats["g"], source_and_target(batch), train=True, rng=g_key
+            )
+            logits, f_stats = classify(ctx, params, state.batch_stats, features, f_key)
+            ce, _, ent = _common_terms(logits, batch["source_label"])
+            extra_loss, extra_metrics = self.extra_a(ctx, state, batch, logits)
+            loss = ce + weights.entropy_weight * ent + extra_loss
+            metrics = {"train/loss_cls": ce, "train/loss_ent": ent} | extra_metrics
+            return loss, ({"g": g_stats, **f_stats}, metrics)
+
+        trainable = {k: state.params[k] for k in ("g", *CLASSIFIERS)}
+        (loss, (stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+        params, opt_state = apply_updates(ctx, state, grads)
+        new_state = state.replace(params=params, opt_state=opt_state, batch_stats=stats)
+        return new_state, metrics | {"train/loss_a": loss}
+
+    def step_b(self, ctx: StepContext, state: TrainState, batch: Batch, rng: jax.Array):
+        """Step B: F1 and F2 maximise their target discrepancy, keeping the source CE low."""
+        weights = self.config
+        g_key, f_key = jax.random.split(rng)
         features, g_stats = ctx.network.apply_generator(
-            params["g"], state.batch_stats["g"], source_and_target(batch), train=True, rng=g_key
+            state.params["g"],
+            state.batch_stats["g"],
+            source_and_target(batch),
+            train=True,
+            rng=g_key,
         )
-        logits, f_stats = classify(ctx, params, state.batch_stats, features, f_key)
-        ce, _, ent = _common_terms(ctx, logits, batch["source_label"])
-        loss = ce + weights.entropy_weight * ent
-        metrics = {"train/loss_cls": ce, "train/loss_ent": ent}
-        if extra is not None:
-            extra_loss, extra_metrics = extra(state, batch, logits)
-            loss, metrics = loss + extra_loss, metrics | extra_metrics
-        return loss, ({"g": g_stats, **f_stats}, metrics)
+        features = jax.lax.stop_gradient(features)  # the official code discards G's gradient
 
-    trainable = {k: state.params[k] for k in ("g", *CLASSIFIERS)}
-    (loss, (stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
-    params, opt_state = apply_updates(ctx, state, grads)
-    metrics = metrics | {"train/loss_a": loss}
-    return state.replace(params=params, opt_state=opt_state, batch_stats=stats), metrics
+        def loss_fn(params):
+            logits, f_stats = classify(ctx, params, state.batch_stats, features, f_key)
+            ce, disc, ent = _common_terms(logits, batch["source_label"])
+            loss = ce - weights.discrepancy_weight * disc + weights.entropy_weight * ent
+            return loss, (f_stats, {"train/disc_max": disc})
 
+        trainable = {k: state.params[k] for k in CLASSIFIERS}
+        (loss, (f_stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+        params, opt_state = apply_updates(ctx, state, grads)
+        stats = {**state.batch_stats, "g": g_stats, **f_stats}
+        new_state = state.replace(params=params, opt_state=opt_state, batch_stats=stats)
+        return new_state, metrics | {"train/loss_b": loss}
 
-def step_b(state, batch, rng, ctx: StepContext):
-    """Step B: F1 and F2 maximise their target discrepancy while keeping the source CE low."""
-    weights = ctx.method
-    g_key, f_key = jax.random.split(rng)
-    features, g_stats = ctx.network.apply_generator(
-        state.params["g"], state.batch_stats["g"], source_and_target(batch), train=True, rng=g_key
-    )
-    features = jax.lax.stop_gradient(features)  # the reference discards G's gradient here
+    def step_c(self, ctx: StepContext, state: TrainState, batch: Batch, rng: jax.Array):
+        """One repeat of step C: G minimises the discrepancy (+ entropy, + :meth:`extra_c`)."""
+        weights = self.config
+        g_key, f_key = jax.random.split(rng)
 
-    def loss_fn(params):
-        logits, f_stats = classify(ctx, params, state.batch_stats, features, f_key)
-        ce, disc, ent = _common_terms(ctx, logits, batch["source_label"])
-        loss = ce - weights.discrepancy_weight * disc + weights.entropy_weight * ent
-        return loss, (f_stats, {"train/disc_max": disc})
+        def loss_fn(g_params):
+            features, g_stats = ctx.network.apply_generator(
+                g_params, state.batch_stats["g"], source_and_target(batch), train=True, rng=g_key
+            )
+            logits, f_stats = classify(ctx, state.params, state.batch_stats, features, f_key)
+            _, disc, ent = _common_terms(logits, batch["source_label"])
+            extra_loss, extra_metrics = self.extra_c(ctx, state, batch, features, f_key)
+            loss = weights.discrepancy_weight * disc + weights.entropy_weight * ent + extra_loss
+            return loss, ({"g": g_stats, **f_stats}, {"train/disc_min": disc} | extra_metrics)
 
-    trainable = {k: state.params[k] for k in CLASSIFIERS}
-    (loss, (f_stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
-    params, opt_state = apply_updates(ctx, state, grads)
-    metrics = metrics | {"train/loss_b": loss}
-    stats = {**state.batch_stats, "g": g_stats, **f_stats}
-    return state.replace(params=params, opt_state=opt_state, batch_stats=stats), metrics
-
-
-def step_c(state, batch, rng, ctx: StepContext, extra: ExtraLoss | None = None):
-    """One repeat of step C: G minimises the discrepancy (+ entropy, + the method's extra)."""
-    weights = ctx.method
-    g_key, f_key = jax.random.split(rng)
-
-    def loss_fn(g_params):
-        features, g_stats = ctx.network.apply_generator(
-            g_params, state.batch_stats["g"], source_and_target(batch), train=True, rng=g_key
+        (loss, (stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params["g"]
         )
-        logits, f_stats = classify(ctx, state.params, state.batch_stats, features, f_key)
-        _, disc, ent = _common_terms(ctx, logits, batch["source_label"])
-        loss = weights.discrepancy_weight * disc + weights.entropy_weight * ent
-        metrics = {"train/disc_min": disc}
-        if extra is not None:
-            extra_loss, extra_metrics = extra(state, batch, features, f_key)
-            loss, metrics = loss + extra_loss, metrics | extra_metrics
-        return loss, ({"g": g_stats, **f_stats}, metrics)
+        params, opt_state = apply_updates(ctx, state, {"g": grads})
+        new_state = state.replace(params=params, opt_state=opt_state, batch_stats=stats)
+        return new_state, metrics | {"train/loss_c": loss}
 
-    (loss, (stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params["g"])
-    params, opt_state = apply_updates(ctx, state, {"g": grads})
-    metrics = metrics | {"train/loss_c": loss}
-    return state.replace(params=params, opt_state=opt_state, batch_stats=stats), metrics
+    def step(
+        self, ctx: StepContext, state: TrainState, batch: Batch, rng: jax.Array
+    ) -> tuple[TrainState, Metrics]:
+        """A, B, then C ``num_k`` times (unrolled unless ``unroll_c`` is false); ``step + 1``."""
+        key_a, key_b, key_c = jax.random.split(rng, 3)
+        state, metrics_a = self.step_a(ctx, state, batch, key_a)
+        state, metrics_b = self.step_b(ctx, state, batch, key_b)
 
+        def repeat_c(carry, key):
+            return self.step_c(ctx, carry, batch, key)
 
-def iteration(
-    state: TrainState,
-    batch: Batch,
-    rng: jax.Array,
-    ctx: StepContext,
-    extra_a: ExtraLoss | None = None,
-    extra_c: ExtraLoss | None = None,
-) -> tuple[TrainState, Metrics]:
-    """A, B, then C ``num_k`` times (unrolled unless ``method.unroll_c`` is false), then
-    ``step + 1``."""
-    key_a, key_b, key_c = jax.random.split(rng, 3)
-    state, metrics_a = step_a(state, batch, key_a, ctx, extra_a)
-    state, metrics_b = step_b(state, batch, key_b, ctx)
-
-    def repeat_c(carry, key):
-        new_state, metrics = step_c(carry, batch, key, ctx, extra_c)
-        return new_state, metrics
-
-    # unrolled by default; method.unroll_c=false compiles one loop body instead (big backbones
-    # compile num_k x faster). On CPU the digits CGDM step runs as fast either way (300-360 ms,
-    # 2026-11-27) since gemm_ops' convolution gradients; it was ~2.5x slower as a loop before.
-    keys_c = jax.random.split(key_c, ctx.method.num_k)
-    state, metrics_c = jax.lax.scan(repeat_c, state, keys_c, unroll=ctx.method.unroll_c)
-    last_c = jax.tree.map(lambda m: m[-1], metrics_c)
-    metrics = metrics_a | metrics_b | last_c
-    return state.replace(step=state.step + 1), {k: jnp.asarray(v) for k, v in metrics.items()}
-
-
-def train_step(
-    state: TrainState, batch: Batch, rng: jax.Array, *, ctx: StepContext
-) -> tuple[TrainState, Metrics]:
-    """One MCD iteration (steps A, B, C×num_k)."""
-    return iteration(state, batch, rng, ctx)
+        keys_c = jax.random.split(key_c, self.config.num_k)
+        state, metrics_c = jax.lax.scan(repeat_c, state, keys_c, unroll=self.config.unroll_c)
+        last_c = jax.tree.map(lambda m: m[-1], metrics_c)
+        metrics = metrics_a | metrics_b | last_c
+        return state.replace(step=state.step + 1), {k: jnp.asarray(v) for k, v in metrics.items()}

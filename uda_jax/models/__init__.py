@@ -1,4 +1,5 @@
-"""Networks as pure functions over plain pytrees (DESIGN principle 13: flax stays in here).
+"""Networks as pure functions over plain pytrees: flax stays inside this package, and the
+methods see only ``init`` and pure ``apply_*`` functions over dicts of arrays.
 
 :func:`build_network` turns the model config into a :class:`Network` whose ``init`` returns
 ``params`` and ``batch_stats`` grouped by module (``g`` the feature extractor, ``f1``/``f2`` the
@@ -6,6 +7,8 @@ classifiers, or ``f`` for one classifier) and whose ``apply_*`` functions are pu
 
 ``dtype`` is the compute dtype (``bfloat16`` for mixed precision): parameters, BatchNorm
 statistics and every output the methods see (features, logits, domain logits) stay float32.
+``ops`` (:class:`LayerOps`, default :data:`XLA_OPS`) is the convolution and pooling the backbone
+is built from, passed down as module arguments; :func:`uda_jax.cpu.layer_ops` gives CPU ones.
 """
 
 from __future__ import annotations
@@ -20,16 +23,14 @@ from flax import linen as nn
 
 from uda_jax.config import ModelConfig
 from uda_jax.errors import UserError
-from uda_jax.models import gemm_ops
 from uda_jax.models.digits import LeNetEncoder
 from uda_jax.models.heads import Bottleneck, BridgedClassifier, Classifier, Discriminator
-from uda_jax.models.layers import full_precision
+from uda_jax.models.layers import XLA_OPS, LayerOps, full_precision
 from uda_jax.models.resnet import make_resnet
 
 PyTree = Any
 
-# name → constructor taking (bn_momentum, bn_epsilon, unbiased_running_var, dtype, gemm_kernels,
-# name)
+# name → constructor taking (bn_momentum, bn_epsilon, unbiased_running_var, dtype, ops, name)
 BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "lenet": LeNetEncoder,
     **{f"resnet{depth}": make_resnet(depth) for depth in (18, 34, 50, 101, 152)},
@@ -43,12 +44,12 @@ class Generator(nn.Module):
     bottleneck_dim: int
     bn_kwargs: dict
     dtype: Any = jnp.float32
-    gemm_kernels: bool = False
+    ops: LayerOps = XLA_OPS
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         backbone = BACKBONES[self.backbone](
-            **self.bn_kwargs, dtype=self.dtype, gemm_kernels=self.gemm_kernels, name="backbone"
+            **self.bn_kwargs, dtype=self.dtype, ops=self.ops, name="backbone"
         )
         x = backbone(x, train=train)
         if self.bottleneck_dim:
@@ -108,8 +109,8 @@ class Network:
     def frozen_mask(self, group: str, params: PyTree) -> PyTree:
         """Pytree of bools over ``params`` of ``group``: True where the optimizer must not step.
 
-        Only G's bottleneck can be frozen (``model.train_bottleneck: false``, reference
-        Pitfall 1: the VisDA/DomainNet scripts never step it).
+        Only G's bottleneck can be frozen (``model.train_bottleneck: false``: the reference's
+        VisDA/DomainNet scripts build its optimizer without the bottleneck, so never step it).
         """
         frozen_bottleneck = group == "g" and not self.train_bottleneck
         return {
@@ -136,16 +137,18 @@ def build_network(
     bridge: bool = False,
     discriminator_input: Callable[[int, int], int] | None = None,
     dtype: Any = jnp.float32,
+    ops: LayerOps = XLA_OPS,
 ) -> Network:
     """The network of ``config``.
 
     Args:
       num_classifiers: 1 (group ``f``) or 2 (``f1``, ``f2``).
-      head: ``mlp`` (CGDM's classifier, §1.3.2) or ``linear`` (the adversarial methods' fc).
+      head: ``mlp`` (CGDM's classifier) or ``linear`` (the adversarial methods' fc).
       bridge: GVB's bridges on the linear head and the discriminator.
       discriminator_input: for the adversarial methods, the discriminator's input width as a
         function of ``(feature_dim, num_classes)``; None for no discriminator.
       dtype: compute dtype, ``jnp.float32`` or ``jnp.bfloat16`` (parameters stay float32).
+      ops: the backbone's convolution and pooling (:class:`LayerOps`).
     """
     if config.backbone not in BACKBONES:
         raise UserError(
@@ -173,8 +176,7 @@ def build_network(
             config.discriminator_hidden, config.discriminator_dropout, bridge, dtype=dtype
         )
     names = ("f",) if num_classifiers == 1 else tuple(f"f{i + 1}" for i in range(num_classifiers))
-    gemm = gemm_ops.use_gemm_kernels(config.kernels)
-    generator = Generator(config.backbone, config.bottleneck_dim, bn_kwargs, dtype, gemm)
+    generator = Generator(config.backbone, config.bottleneck_dim, bn_kwargs, dtype, ops)
     return Network(
         generator,
         classifier,

@@ -1,10 +1,10 @@
-"""The digits feature extractor of the CGDM code (reference Part I §1.3.3).
+"""The digits feature extractor of the CGDM code.
 
 ``LeNetEncoder``: channel mean → conv 5×5 (32) → BN → ReLU → max-pool 2 → conv 5×5 (48) → BN →
 ReLU → max-pool 2 → flatten, 48·5·5 = 1200 features for a 32×32 input. The flatten is
 channel-major (PyTorch's NCHW order) so weights import from the PyTorch model unchanged.
-``dtype`` is the compute dtype of the convolutions (parameters stay float32); ``gemm_kernels``
-selects :mod:`uda_jax.models.gemm_ops`' convolution and pooling (the same functions).
+``dtype`` is the compute dtype of the convolutions (parameters stay float32); ``ops`` the
+convolution, pooling and feature output it is built from (:class:`LayerOps`).
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from uda_jax.models import gemm_ops
 from uda_jax.models.layers import (
+    XLA_OPS,
     BatchNorm,
+    LayerOps,
     compute_dtype,
     torch_bias_init,
     torch_uniform_init,
@@ -31,14 +32,14 @@ class LeNetEncoder(nn.Module):
     bn_epsilon: float = 1e-5
     unbiased_running_var: bool = True
     dtype: Any = jnp.float32
-    gemm_kernels: bool = False  # uda_jax.models.gemm_ops' conv and pooling (fast on CPU)
+    ops: LayerOps = XLA_OPS
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         x = jnp.mean(x, axis=-1, keepdims=True)  # the reference averages RGB to one channel
         for index, (in_channels, out_channels) in enumerate(((1, 32), (32, 48)), start=1):
             fan_in = 5 * 5 * in_channels
-            x = nn.Conv(
+            x = self.ops.conv(
                 out_channels,
                 (5, 5),
                 padding="VALID",
@@ -46,16 +47,12 @@ class LeNetEncoder(nn.Module):
                 bias_init=torch_bias_init(fan_in),
                 dtype=compute_dtype(self.dtype),
                 param_dtype=jnp.float32,
-                conv_general_dilated=gemm_ops.conv_for(self.gemm_kernels),
                 name=f"conv{index}",
             )(x)
             x = BatchNorm(
                 self.bn_momentum, self.bn_epsilon, self.unbiased_running_var, name=f"bn{index}"
             )(x, train=train)
-            x = gemm_ops.max_pool_for(self.gemm_kernels)(nn.relu(x), (2, 2), (2, 2))
+            x = self.ops.max_pool(nn.relu(x), (2, 2), (2, 2))
         x = jnp.transpose(x, (0, 3, 1, 2))  # NHWC → NCHW before flattening, as PyTorch does
         x = x.reshape(x.shape[0], -1)
-        # the features as one buffer that every head reads (both CGDM classifiers), not fused
-        # into each of them by XLA's CPU compiler: the CGDM step 4 % faster in an A/B, with the
-        # same parameters
-        return gemm_ops.pinned(x) if self.gemm_kernels else x
+        return self.ops.features(x)  # read by every head (both of CGDM's classifiers)

@@ -1,11 +1,13 @@
-"""Layers with PyTorch's numerics, so a faithful run matches the reference implementation.
-
-References: reference Part VII §1 (BatchNorm running variance) and §6 (weight layouts).
+"""Layers with PyTorch's numerics, so a faithful run matches the reference implementation
+(BatchNorm's running variance, PyTorch's default initialisers), and :class:`LayerOps`, the
+convolution and pooling a backbone is built from.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -13,6 +15,35 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 LOW_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+
+ModuleDef = Any  # a flax module class, or a functools.partial of one
+
+
+def identity(x: jax.Array) -> jax.Array:
+    return x
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerOps:
+    """The convolution and pooling a backbone is built from, passed in as module arguments the
+    way flax's ResNet example passes ``conv: ModuleDef``. The backbones name no implementation;
+    :data:`XLA_OPS` (the default) is flax's and lax's own, and :func:`uda_jax.cpu.layer_ops`
+    gives the same functions written for XLA's CPU compiler.
+
+    Attributes:
+      conv: called like ``nn.Conv(features, kernel_size, strides=..., padding=..., ...,
+        name=...)``: ``nn.Conv`` or a ``functools.partial`` of it.
+      max_pool: ``(x, window, strides[, padding]) -> pooled``, like ``nn.max_pool``.
+      features: applied to the output features of a backbone that several heads read (LeNet's,
+        which both of CGDM's classifiers read); identity in value and derivatives.
+    """
+
+    conv: ModuleDef = nn.Conv
+    max_pool: Callable[..., jax.Array] = nn.max_pool
+    features: Callable[[jax.Array], jax.Array] = identity
+
+
+XLA_OPS = LayerOps()
 
 
 def compute_dtype(dtype: Any) -> Any:
@@ -67,7 +98,7 @@ class BatchNorm(nn.Module):
     Train mode normalises with the biased batch variance and updates the running statistics as
     ``running ← (1 − momentum)·running + momentum·batch``; with ``unbiased_running_var`` the
     variance that enters the running average is the unbiased one (n/(n−1)), as
-    ``torch.nn.BatchNorm*d`` does (reference Part VII §1). Eval mode uses the running statistics.
+    ``torch.nn.BatchNorm*d`` does. Eval mode uses the running statistics.
     The variance is computed in two passes, (x − mean)², for accuracy. A bfloat16 input is
     normalised in float32 (statistics and running averages stay float32) and the output is cast
     back to bfloat16.
@@ -120,8 +151,8 @@ class Dense(nn.Module):
     With a bfloat16 ``dtype`` the product runs in bfloat16 and accumulates in float32; the bias
     is added and the result returned in float32. So a bias that feeds a BatchNorm gets its
     analytically zero gradient to float32 round-off, not bfloat16's, which keeps CGDM's cosines
-    of those gradients (reference Part VII §2) quiet in bfloat16 too. With float32 it is
-    ``nn.Dense``.
+    of those gradients (zero but for round-off, so round-off decides them) quiet in bfloat16
+    too. With float32 it is ``nn.Dense``.
     """
 
     features: int

@@ -1,4 +1,5 @@
-"""torchvision's ResNets (v1.5) as NHWC flax modules, without the final fc (reference §1.3.1).
+"""torchvision's ResNets (v1.5) as NHWC flax modules, without the final fc (the reference
+code's ResNet backbones are torchvision's).
 
 The layer structure, padding, initialisation and parameter count match
 ``torchvision.models.resnet{18,34,50,101,152}``: conv1 7×7/2 pad 3 → BN → ReLU → max-pool 3×3/2
@@ -7,11 +8,13 @@ Submodule names follow torchvision's state-dict keys with ``.`` written as ``_``
 ``downsample_0``) so :mod:`uda_jax.models.torch_weights` maps them one to one.
 
 ``dtype`` is the compute dtype of the convolutions (``bfloat16`` for ``precision: bf16``);
-parameters, BatchNorm statistics and the returned features are float32.
+parameters, BatchNorm statistics and the returned features are float32. ``ops`` is the
+convolution and max-pool the network is built from (:class:`LayerOps`).
 
-``init`` compiles one random initialiser per tensor: ~35 s for ResNet-50 on a 2-core CPU (the
-threefry kernels, not the sizes). Where pretrained weights replace them anyway, the shapes from
-``jax.eval_shape(init)`` are enough for :func:`uda_jax.models.torch_weights.load_pretrained`.
+``init`` compiles one random initialiser per tensor: tens of seconds for ResNet-50 on a small
+CPU (the threefry kernels, not the sizes). Where pretrained weights replace them anyway, the
+shapes from ``jax.eval_shape(init)`` are enough for
+:func:`uda_jax.models.torch_weights.load_pretrained`.
 """
 
 from __future__ import annotations
@@ -22,8 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from uda_jax.models import gemm_ops
-from uda_jax.models.layers import BatchNorm, compute_dtype, full_precision
+from uda_jax.models.layers import XLA_OPS, BatchNorm, LayerOps, compute_dtype, full_precision
 
 # torchvision: kaiming_normal_(mode="fan_out", nonlinearity="relu"), std = √(2 / (out·kh·kw))
 CONV_INIT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -39,18 +41,18 @@ ARCHITECTURES: dict[str, tuple[str, tuple[int, int, int, int]]] = {
 
 
 class _Bn(nn.Module):
-    """The BatchNorm settings every ResNet module shares."""
+    """The settings every ResNet module shares: BatchNorm, compute dtype and layer ops."""
 
     bn_momentum: float = 0.1
     bn_epsilon: float = 1e-5
     unbiased_running_var: bool = True
     dtype: Any = jnp.float32
-    gemm_kernels: bool = False  # uda_jax.models.gemm_ops' conv and pooling (fast on CPU)
+    ops: LayerOps = XLA_OPS
 
-    def conv(self, features: int, kernel: int, stride: int, name: str) -> nn.Conv:
+    def conv(self, features: int, kernel: int, stride: int, name: str) -> nn.Module:
         """A bias-free conv with torchvision's padding (kernel // 2) and init."""
         pad = kernel // 2
-        return nn.Conv(
+        return self.ops.conv(
             features,
             (kernel, kernel),
             strides=(stride, stride),
@@ -59,7 +61,6 @@ class _Bn(nn.Module):
             kernel_init=CONV_INIT,
             dtype=compute_dtype(self.dtype),
             param_dtype=jnp.float32,
-            conv_general_dilated=gemm_ops.conv_for(self.gemm_kernels),
             name=name,
         )
 
@@ -118,14 +119,13 @@ class ResNet(_Bn):
         kind, blocks = ARCHITECTURES[f"resnet{self.depth}"]
         block_cls = BasicBlock if kind == "basic" else BottleneckBlock
         x = nn.relu(self.bn("bn1")(self.conv(64, 7, 2, "conv1")(x), train=train))
-        pool = gemm_ops.max_pool_for(self.gemm_kernels)
-        x = pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
+        x = self.ops.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
         settings = dict(
             bn_momentum=self.bn_momentum,
             bn_epsilon=self.bn_epsilon,
             unbiased_running_var=self.unbiased_running_var,
             dtype=self.dtype,
-            gemm_kernels=self.gemm_kernels,
+            ops=self.ops,
         )
         for stage, count in enumerate(blocks, start=1):
             planes = 64 * 2 ** (stage - 1)

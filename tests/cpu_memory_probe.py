@@ -1,7 +1,8 @@
-"""Run by test_host_memory.py in a fresh interpreter: how many bytes a jitted CPU call whose
+"""Run by test_cpu_memory.py in a fresh interpreter: how many bytes a jitted CPU call whose
 64 MiB output is freed before the next call page-faults per call, under one ``mode``:
-``reuse`` (reuse_cpu_buffers first), ``release`` (JAX's defaults) or ``late`` (reuse_cpu_buffers
-after JAX's backend started). Prints ``applied async_dispatch faulted_bytes``."""
+``reuse`` (``cpu.prepare_process("on", ...)`` first), ``release`` (JAX's defaults) or ``late``
+(``prepare_process`` after JAX's backend started). Prints ``applied async_dispatch
+faulted_bytes``."""
 
 import resource
 import sys
@@ -9,13 +10,13 @@ import sys
 import jax
 import jax.numpy as jnp
 
-from uda_jax.host_memory import reuse_cpu_buffers
+from uda_jax import cpu
 
 mode = sys.argv[1]
-applied = reuse_cpu_buffers() if mode == "reuse" else None
+applied = cpu.prepare_process("on", "lenet") if mode == "reuse" else None
 x = jnp.ones((4096, 4096))  # starts the backend
 if mode == "late":
-    applied = reuse_cpu_buffers()
+    applied = cpu.prepare_process("on", "lenet")
 double = jax.jit(lambda a: a * 2.0 + 1.0)
 for _ in range(4):  # the heap grows to its working size
     double(x).block_until_ready()

@@ -1,22 +1,22 @@
 """Convolution and max-pooling that XLA's CPU backend runs fast, at every order of derivative.
 
-On CPU three of XLA's own choices are slow for these networks; this module replaces them
-(``model.kernels: auto``, the default, on CPU; ``gemm`` forces it; ``xla`` keeps XLA's own):
+On CPU three of XLA's own choices are slow for these networks; this module replaces them when
+:mod:`uda_jax.cpu` turns its kernels on (``cpu_tuning: auto`` on CPU, or ``on``):
 
-* :func:`compiler_options`: recent jaxlib (0.10 here) hands CPU convolutions to YNNPACK,
-  with which a forward-and-gradients of the digits and ResNet-50 convolutions ran 1.3–4.5×
-  slower than with XLA's Eigen convolutions (``benchmarks/results/conv_kernels.md``; YNNPACK's
+* :func:`compiler_options`: recent jaxlib hands CPU convolutions to YNNPACK, with which a
+  forward-and-gradients of the digits and ResNet convolutions ran several times slower than
+  with XLA's Eigen convolutions (``benchmarks/conv_kernels.py`` measures them; YNNPACK's
   forward alone was faster on 1- and 3-channel inputs). The options keep YNNPACK for matrix
   products and reductions; train and eval steps compile with them. They also keep
   optimisation barriers through fusion, so :func:`pinned` can stop XLA from recomputing a
-  convolution's input inside the backward pass's transposes (ResNet-50 CGDM step 13 % faster).
+  convolution's input inside the backward pass's transposes.
 * :func:`conv_general_dilated`: ``lax.conv_general_dilated`` with gradients XLA's CPU compiler
   runs fast. JAX's own transposes of a convolution carry dimension orders that XLA reorders into
   NHWC/HWIO outside a loop but, inside a ``while`` body (step C compiled as a loop), leaves on a
-  generic loop 4–36× slower; here a stride-1 convolution's kernel and input gradients are plain
-  NHWC/HWIO convolutions (first-order ones: those of a second-order gradient are JAX's own,
-  fine outside a loop). A strided convolution's gradients (window- and input-dilated in XLA)
-  are matrix products over the patches (im2col, one product per kernel row), and so is a
+  generic loop, many times slower; here a stride-1 convolution's kernel and input gradients are
+  plain NHWC/HWIO convolutions (first-order ones: those of a second-order gradient are JAX's
+  own, fine outside a loop). A strided convolution's gradients (window- and input-dilated in
+  XLA) are matrix products over the patches (im2col, one product per kernel row), and so is a
   convolution whose window is larger than its input (XLA swaps its operands onto the generic
   loop) or whose kernel outweighs its input (:func:`_patches_copy_less`: ResNet-50's last two
   stages on small images, where the kernel's transposed copy dominated). A one-channel
@@ -26,11 +26,11 @@ On CPU three of XLA's own choices are slow for these networks; this module repla
   at every order.
 * :func:`max_pool`: the window's maximum through a one-hot mask of its first maximal element
   (PyTorch's and XLA's choice on ties), so the gradient is elementwise, with no
-  select-and-scatter (a third of the digits CGDM step's time).
+  select-and-scatter (a large share of the digits CGDM step's time otherwise).
 
 The values are the same functions; only floating-point summation order differs (≈1e-7
-relative). Elsewhere than on CPU ``auto`` keeps XLA's ops, whose convolutions and pooling
-gradients are fast there.
+relative). :data:`OPS` hands them to a backbone as its :class:`~uda_jax.models.layers.LayerOps`.
+Elsewhere than on CPU XLA's own ops are the fast ones.
 """
 
 from __future__ import annotations
@@ -48,7 +48,8 @@ from flax import linen as nn
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
-KERNELS = ("auto", "gemm", "xla")
+from uda_jax.models.layers import LayerOps
+
 NHWC = ("NHWC", "HWIO", "NHWC")
 YNN_OPTION = "xla_cpu_experimental_ynn_fusion_type"
 PASSES_OPTION = "xla_disable_hlo_passes"
@@ -62,20 +63,13 @@ CPU_COMPILER_OPTIONS = {
 }
 
 
-def use_gemm_kernels(kernels: str) -> bool:
-    """Whether ``model.kernels`` selects this module's ops on the default backend."""
-    if kernels not in KERNELS:
-        raise ValueError(f"model.kernels must be one of {KERNELS}, got {kernels!r}")
-    return kernels == "gemm" or (kernels == "auto" and jax.default_backend() == "cpu")
-
-
-def compiler_options(gemm_kernels: bool) -> dict[str, Any] | None:
-    """``jax.jit``'s ``compiler_options`` for steps of a network built with ``gemm_kernels``:
-    :data:`CPU_COMPILER_OPTIONS` on CPU; None off CPU, with XLA's own kernels, when the user set
-    the YNNPACK option in ``XLA_FLAGS`` (their choice wins) or when this jaxlib lacks it. A user's
-    own ``xla_disable_hlo_passes`` also wins (the barriers of :func:`pinned` are then dropped:
+def compiler_options() -> dict[str, Any] | None:
+    """``jax.jit``'s ``compiler_options`` for steps of a network built with :data:`OPS`:
+    :data:`CPU_COMPILER_OPTIONS` on CPU; None off CPU, when the user set the YNNPACK option in
+    ``XLA_FLAGS`` (their choice wins) or when this jaxlib lacks it. A user's own
+    ``xla_disable_hlo_passes`` also wins (the barriers of :func:`pinned` are then dropped:
     slower, same values)."""
-    if not gemm_kernels or jax.default_backend() != "cpu":
+    if jax.default_backend() != "cpu":
         return None
     user_flags = os.environ.get("XLA_FLAGS", "")
     if YNN_OPTION in user_flags or not _cpu_options_supported():
@@ -95,16 +89,6 @@ def _cpu_options_supported() -> bool:
     except Exception:  # an older jaxlib: unknown option or enum value
         return False
     return True
-
-
-def conv_for(gemm_kernels: bool):
-    """The ``conv_general_dilated`` argument of ``nn.Conv``: this module's, or None (lax's)."""
-    return conv_general_dilated if gemm_kernels else None
-
-
-def max_pool_for(gemm_kernels: bool):
-    """``(x, window, strides, padding) -> pooled``: this module's max-pool or ``nn.max_pool``."""
-    return max_pool if gemm_kernels else nn.max_pool
 
 
 def _pairs(padding, spatial: int) -> tuple[tuple[int, int], ...]:
@@ -158,7 +142,7 @@ def _patch_product(x: jax.Array, kernel: jax.Array, strides: tuple, padding: tup
 def _window_exceeds_input(x_shape, kernel_shape) -> bool:
     """Whether the kernel's window is larger than the input in a spatial dimension (ResNet-50's
     last stage on small images: 3×3 over 2×2). XLA's CPU compiler swaps the operands of such a
-    convolution into one that runs on its generic loop (≈ 0.1 s per call there)."""
+    convolution into one that runs on its generic loop, far slower."""
     return any(k > size for k, size in zip(kernel_shape[:2], x_shape[1:3], strict=True))
 
 
@@ -166,12 +150,11 @@ def _patches_copy_less(x_shape, kernel_shape) -> bool:
     """Whether the kernel has more elements than the ``kw`` shifted column views of the input
     that :func:`_patch_product` copies. Then im2col, whose input gradient reads the kernel in
     place, copies less than a convolution, whose input gradient reads a transposed, flipped
-    copy of the kernel. On ResNet-50 at 64×64, batch 8, that is the last two stages, where a
-    1×1 convolution's forward and gradients took 0.9-1.0 ms as products against 1.1-3.8 ms
-    as convolutions, a 3×3's 2.0 against 2.6 ms (interleaved A/B of the whole step: CGDM
-    0.934×, GVB-GD + MetaAlign 0.967×); one stage earlier, below the threshold, the
-    convolutions were faster. A strided convolution's gradients are products anyway; when its
-    kernel outweighs its input, its value is too."""
+    copy of the kernel. On ResNet-50 at 64×64 that is the last two stages, whose 1×1 and 3×3
+    convolutions ran faster as products, forward and gradients, and so did the whole training
+    steps in an interleaved A/B; one stage earlier, below the threshold, the convolutions were
+    faster. A strided convolution's gradients are products anyway; when its kernel outweighs
+    its input, its value is too."""
     return math.prod(kernel_shape) > kernel_shape[1] * math.prod(x_shape)
 
 
@@ -203,7 +186,7 @@ def _transposed(gradient, out: jax.Array):
     computed through it makes reverse mode run ``gradient`` itself: a plain NHWC/HWIO
     convolution, where JAX's own transposes carry other dimension orders that XLA's CPU
     compiler leaves on its generic loop inside a ``while`` body (ResNet-50's step C as a
-    loop: 0.1-0.8 s per call) though it reorders them elsewhere."""
+    loop), far slower, though it reorders them elsewhere."""
     transpose = jax.linear_transpose(gradient, jax.ShapeDtypeStruct(out.shape, out.dtype))
     return lambda tangent: transpose(tangent)[0]
 
@@ -215,11 +198,11 @@ def _lax_conv(x: jax.Array, kernel: jax.Array, strides: tuple, padding: tuple) -
 
 def _window_sum(x: jax.Array, kernel: jax.Array, strides: tuple, padding: tuple) -> jax.Array:
     """A one-channel convolution (LeNet's first layer) as the sum of its ``kh·kw`` strided
-    window views, each times its tap's ``cout`` weights: elementwise work that ran 1.1-9× faster
-    than XLA's CPU convolution, which contracts over only ``kh·kw``, on the six shapes measured
-    (LeNet conv1's forward: 0.67 against 2.0 ms; digits CGDM and MetaAlign steps 5 % faster).
-    Behind an optimisation barrier, so XLA materialises it once rather than fusing the sum into
-    each consumer (BatchNorm statistics, max-pool) and recomputing it there."""
+    window views, each times its tap's ``cout`` weights: elementwise work that ran faster than
+    XLA's CPU convolution, which contracts over only ``kh·kw``, on every shape measured (and
+    the digits CGDM and MetaAlign steps with it). Behind an optimisation barrier, so XLA
+    materialises it once rather than fusing the sum into each consumer (BatchNorm statistics,
+    max-pool) and recomputing it there."""
     kh, kw, _, cout = kernel.shape
     dtype = x.dtype  # lax requires the kernel's to equal it
     accumulator = jnp.float32 if jnp.finfo(dtype).bits < 32 else dtype  # bf16 sums in float32
@@ -243,7 +226,8 @@ def pinned(x: jax.Array) -> jax.Array:
     CPU compiler would fuse ``x``'s elementwise producers into each consumer and recompute them
     there. On a convolution's input (in :func:`_conv_jvp`) it stops their recomputation inside
     the kernel gradient's transposes, in transposed order and, through a ResNet's residual adds,
-    back through every block of the stage (those transposes took 24 % of a ResNet-50 CGDM step).
+    back through every block of the stage (those transposes were a large share of a ResNet-50
+    CGDM step).
     Identity in value and in derivatives of every order; the barrier survives fusion under
     :data:`CPU_COMPILER_OPTIONS` and is dropped (harmless) elsewhere."""
     return lax.optimization_barrier(x)
@@ -345,3 +329,13 @@ def max_pool(
     # a sum of selected views, not a reduce: XLA's CPU compiler would fuse a reduce with the
     # next convolution into one YNNPACK call, the slower convolution compiler_options avoids
     return _total(jnp.where(first == k, column, 0) for k, column in enumerate(columns))
+
+
+# The CPU kernels as a backbone's layer ops: one object, so networks built with it compare equal.
+OPS = LayerOps(
+    conv=functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated),
+    max_pool=max_pool,
+    # the features as one buffer that every head reads (both CGDM classifiers), not fused into
+    # each of them by XLA's CPU compiler: faster, with the same values
+    features=pinned,
+)

@@ -1,5 +1,5 @@
 """Adversarial alignment pieces: gradient reversal, its schedule, and the domain losses of
-DANN, CDAN(+E) and GVB-GD (reference Part II §2.5, the GVB repository's ``loss.py``).
+DANN, CDAN(+E) and GVB-GD (as in the GVB repository's ``loss.py``).
 
 Domain labels: source = 1, target = 0. ``d_logits`` are the discriminator's logits (before σ).
 """
@@ -30,9 +30,9 @@ def _reverse_jvp(primals, tangents):
 def gradient_reversal(x: jax.Array, coeff: jax.Array | float) -> jax.Array:
     """Exactly ``x`` forward, ``−coeff · upstream`` backward, and right at every order.
 
-    A ``custom_jvp`` whose rule computes its primal by calling the reversal again (DESIGN
-    principle 9): a second derivative reverses each path through the layer, as PyTorch's
-    ``autograd.Function`` does under double backprop, and ``jax.jvp`` (cheap Hessian-vector
+    A ``custom_jvp`` whose rule computes its primal by calling the reversal again: a second
+    derivative reverses each path through the layer, as PyTorch's ``autograd.Function`` does
+    under double backprop, and ``jax.jvp`` (cheap Hessian-vector
     products) works. A ``custom_vjp`` that returns ``x`` gets second derivatives wrong, which
     would corrupt exact second-order MetaAlign. ``coeff`` is never differentiated.
     """
@@ -48,9 +48,10 @@ def grl_coefficient(
 ) -> jax.Array:
     """``c(t) = 2(high − low) / (1 + exp(−alpha·t / max_iter)) − (high − low) + low``.
 
-    The reference's ``calc_coeff``: c(0) = 0, c(5000) ≈ 0.987 with the defaults.
+    The official code's ``calc_coeff``: c(0) = 0, c(5000) ≈ 0.987 with the defaults. It is
+    computed in the default float type (float64 under ``jax_enable_x64``).
     """
-    t = jnp.asarray(step, jnp.float32)
+    t = jnp.asarray(step, jnp.result_type(float))
     span = high - low
     return 2.0 * span / (1.0 + jnp.exp(-alpha * t / max_iter)) - span + low
 
@@ -119,7 +120,7 @@ def gvb_transfer_loss(
     d_logits: jax.Array, probs: jax.Array, num_source: int, coeff: jax.Array
 ) -> jax.Array:
     """GVB-GD's ``L_trs = ½ Σ_i w_i · BCE(q_i, y_i)`` with ``w = exp(−H(p))`` per-domain
-    normalised and reversed by ``coeff`` on H, BCE with ``+1e-8`` in the logs (§2.5).
+    normalised and reversed by ``coeff`` on H, BCE with ``+1e-8`` in the logs.
 
     ``d_logits`` are ``d − b``: the discriminator output minus its bridge; the BCE is taken of
     ``σ(d − b)`` with GVB's +1e-8, which keeps it finite.

@@ -1,11 +1,11 @@
 """Keeps XLA's per-step CPU working memory mapped between steps, so steps stop page-faulting.
 
-On CPU, XLA allocates one temporary buffer per execution of a compiled step (≈ 320 MB for the
-ResNet-50 GVB-GD + MetaAlign step at batch 4+4, 64×64) and frees it at the end. glibc's malloc
-serves a block that large with a fresh ``mmap`` and returns it with ``munmap``, so every step
-page-faults its whole working memory back in, and the kernel zeroes each page first: ≈ 0.15 s
-of system time per step there (``benchmarks/results/step_speed.md``). PyTorch's many
-smaller blocks come from malloc's heap and do not fault.
+On CPU, XLA allocates one temporary buffer per execution of a compiled step (hundreds of MB for
+a ResNet-50 step at small batches) and frees it at the end. glibc's malloc serves a block that
+large with a fresh ``mmap`` and returns it with ``munmap``, so every step page-faults its whole
+working memory back in, and the kernel zeroes each page first: a noticeable share of a step
+in system time (``benchmarks/step_speed.py`` reports page faults and system time). PyTorch's
+many smaller blocks come from malloc's heap and do not fault.
 
 :func:`reuse_cpu_buffers` makes the block come from malloc's heap and stay there:
 
@@ -19,10 +19,9 @@ smaller blocks come from malloc's heap and do not fault.
 
 The values computed are the same. The costs: the process keeps its peak memory mapped after a
 step instead of returning it, and Python waits for each step instead of preparing the next
-batch meanwhile. So the CLI's default (``cpu_memory: auto``, :func:`reuse_wanted`) reuses the
-buffers for ResNet backbones only: measured on 2 CPU cores, the LeNet digits demo ran 13-30 %
-fewer steps/s with them reused (its buffers fit the per-thread heaps and did not fault).
-``cpu_memory: reuse`` or ``release`` choose either way.
+batch meanwhile. So ``cpu_tuning: auto`` (:func:`uda_jax.cpu.tuning`) reuses the buffers for
+ResNet backbones only: the LeNet digits demo ran fewer steps per second with them reused (its
+buffers fit the per-thread heaps and did not fault).
 """
 
 from __future__ import annotations
@@ -60,17 +59,11 @@ def _backend_started() -> bool:
     return xla_bridge.backends_are_initialized()
 
 
-def reuse_wanted(setting: str, backbone: str) -> bool:
-    """Whether the config's ``cpu_memory`` setting asks for :func:`reuse_cpu_buffers`: ``auto``
-    for a ResNet backbone (steps with working memory of hundreds of MB), ``reuse`` always."""
-    return setting == "reuse" or (setting == "auto" and backbone.startswith("resnet"))
-
-
 def reuse_cpu_buffers() -> bool:
     """Makes XLA's per-step CPU buffers come from malloc's heap and stay mapped between steps.
 
-    Call it once, before the first JAX computation (``python -m uda_jax.train`` does when
-    :func:`reuse_wanted`). Returns True when applied; False where it cannot be: not Linux with
+    Call it once, before the first JAX computation (:func:`uda_jax.cpu.prepare_process` does
+    where the setting wants it). Returns True when applied; False where it cannot be: not Linux with
     glibc, or JAX's backend already started (then nothing is changed). Safe to call again. It
     changes no value; it affects one-device CPU computations (a mesh of several CPU devices
     runs on per-device threads, as before).
