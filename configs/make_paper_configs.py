@@ -1,8 +1,11 @@
 """Writes the paper configs (CGDM and GVB-GD + MetaAlign) from one table, so they stay consistent.
 
 Usage: ``python configs/make_paper_configs.py [OUT_DIR]`` (default: this folder). Every value
-comes from shared/reference/algorithms.md (Part I §1.3–1.10, Part II §2.4–2.9, Part III);
-``tests/test_paper_configs.py`` checks that the files on disk equal this script's output.
+comes from the official code (CGDM: https://github.com/lijin118/CGDM; MetaAlign:
+https://github.com/microsoft/MetaAlign, built on GVB-GD: https://github.com/cuishuhao/GVB), the
+papers' reported results (Du et al., CVPR 2021; Wei et al., CVPR 2021; Cui et al., CVPR 2020)
+and the datasets' sizes; ``tests/test_paper_configs.py`` checks that the files on disk equal
+this script's output.
 """
 
 from __future__ import annotations
@@ -12,13 +15,13 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RUN = "python -m uda_jax.train configs/{name} data.root=/data"
-# torchvision IMAGENET1K_V1 files: the weights of the reference era (resnet50-19c8e357.pth and
+# torchvision IMAGENET1K_V1 files: the weights the official code used (resnet50-19c8e357.pth and
 # resnet101-5d3b4d8f.pth re-saved), not the V2 ones (resnet50-11ad3fa6.pth, 80.9% top-1).
 WEIGHTS = {"resnet50": "resnet50-0676ba61.pth", "resnet101": "resnet101-63fe2227.pth"}
 
 # ----------------------------------------------------------------------------- the table
 
-# Source images per domain (Part III §3.2; the DomainNet counts are not in the reference: the
+# Source images per domain (the DomainNet counts are not in the official code: the
 # standard figures of the cleaned release, all images of a domain, UNVERIFIED).
 DOMAIN_SIZES = {
     "visda/train": 152_397,
@@ -33,7 +36,7 @@ DOMAIN_SIZES = {
     "domainnet/sketch": 69_128,
 }
 
-# §1.8: per-script settings of the CGDM code.
+# Per-script settings of the official CGDM code.
 CGDM_SCRIPTS = {
     "visda": dict(
         script="train_visda.py",
@@ -78,7 +81,8 @@ VISDA_PER_CLASS = (
     "# mcycl 88.7, person 82.1, plant 93.4, sktbrd 82.5, train 86.8, truck 49.2"
 )
 
-# §1.10: ImageCLEF-DA, ResNet-50 (3P-table; Avg 89.5).
+# ImageCLEF-DA, ResNet-50, as reported for CGDM (Avg 89.5; from a third-party copy of the paper's
+# table).
 IMAGECLEF_TASKS = {
     "i2p": ("i", "p", "78.7±0.2"),
     "p2i": ("p", "i", "93.3±0.1"),
@@ -91,7 +95,7 @@ IMAGECLEF_NAMES = {"c": "Caltech-256", "i": "ImageNet", "p": "Pascal VOC"}
 
 DOMAINNET = ("clipart", "infograph", "painting", "quickdraw", "real", "sketch")
 
-# §2.9 Office-Home, ResNet-50: (GVB-GD + MetaAlign, GVB-GD's own paper) per task.
+# Office-Home, ResNet-50: (GVB-GD + MetaAlign, GVB-GD's own paper) per task.
 OFFICEHOME_DOMAINS = {"ar": "Art", "cl": "Clipart", "pr": "Product", "rw": "Real_World"}
 OFFICEHOME_RESULTS = {
     "ar2cl": ("59.3", "57.0"),
@@ -108,8 +112,9 @@ OFFICEHOME_RESULTS = {
     "rw2pr": ("85.2", "84.3"),
 }
 
-# §2.9 Office-31: (GVB-GD + MetaAlign, GVB-GD published, lr0 of the GVB-GD code (§2.7)). The
-# 3P row's column order does not fit its header; the mapping by magnitude is UNVERIFIED.
+# Office-31: (GVB-GD + MetaAlign, GVB-GD published, lr0 of the GVB-GD code). The MetaAlign row
+# of the third-party results list has a column order that does not fit its header; the mapping
+# by magnitude is UNVERIFIED.
 OFFICE31_DOMAINS = {"a": "amazon", "d": "dslr", "w": "webcam"}
 OFFICE31_RESULTS = {
     "a2w": ("93.0 or 94.5 (A→W and A→D hold these two, order UNVERIFIED)", "94.8", "3.0e-4"),
@@ -120,8 +125,8 @@ OFFICE31_RESULTS = {
     "w2a": ("73.6 or 75.0 (D→A and W→A hold these two, order UNVERIFIED)", "73.7", "1.0e-3"),
 }
 
-MA_ITERATIONS = 10_002  # §2.7: the MetaAlign code default and README run
-MA_SEED = 1  # §2.7: the README run (code default 0)
+MA_ITERATIONS = 10_002  # the MetaAlign code default and README run
+MA_SEED = 1  # the README run (code default 0)
 
 # ----------------------------------------------------------------------------- CGDM
 
@@ -141,7 +146,7 @@ def align_comments(text: str, column: int = 28) -> str:
 
 
 def cgdm_schedule(source: str, script: dict) -> dict[str, int]:
-    """Steps, warm-up, pseudo-label interval and evaluation interval of one CGDM run (§1.7–1.8)."""
+    """Steps, warm-up, pseudo-label interval and evaluation interval of one CGDM run."""
     per_epoch = DOMAIN_SIZES[source] // 32
     return dict(
         per_epoch=per_epoch,
@@ -157,7 +162,7 @@ def cgdm_yaml(
     bottleneck = (
         "true # train_image_clef.py steps G.parameters(), the bottleneck included"
         if script["train_bottleneck"]
-        else "false # Pitfall 1: optimizer_g covers G.features only (bottleneck frozen)"
+        else "false # official code: optimizer_g covers G.features only (bottleneck frozen)"
     )
     randomness = "random crop and flip" if script["train_crop"] == "random" else "random flip"
     backbone = script["backbone"]
@@ -188,8 +193,8 @@ data:
   batch_size: 32            # per domain: 32 + 32, one BN batch
   resize: 256               # Resize((256, 256))
   crop_size: 224
-  train_crop: {script["train_crop"]} # §1.9: {script["script"]}, with a random flip
-  eval_transform: train # the reference tests with its train transform ({randomness});
+  train_crop: {script["train_crop"]} # as {script["script"]}, with a random flip
+  eval_transform: train # official code: tests with its train transform ({randomness});
   # data.eval_transform=center for a deterministic test
 optimizer:
   name: sgd
@@ -215,18 +220,18 @@ def cgdm_visda() -> dict[str, str]:
     name = "cgdm_visda.yaml"
     header = f"""\
 # CGDM on VisDA-2017 synthetic → real (visda/train → visda/validation), ResNet-101:
-# the reference's train_visda.py (shared/reference/algorithms.md Part I §1.3–1.10).
+# the official code's train_visda.py (https://github.com/lijin118/CGDM).
 # Run: {RUN.format(name=name)}
-# Paper (README, 3P-table §1.10): 82.3 mean class accuracy (results.json
-# target_mean_class_accuracy). Per class (they average to 82.32):
+# Paper (Du et al., CVPR 2021; the CGDM README): 82.3 mean class accuracy (results.json
+# target_mean_class_accuracy). Per class (from a third-party copy; they average to 82.32):
 # {VISDA_PER_CLASS}.
 # Whether 82.3 is the last or the best epoch is UNVERIFIED; results.json holds the last.
 # Iterations: an epoch ends when the source runs out: {DOMAIN_SIZES[source]:,} // 32 =
-# {per_epoch:,} per epoch (§1.8, §3.2); the loop runs 20 + 1 epochs: {per_epoch:,} × 21 =
+# {per_epoch:,} per epoch; the loop runs 20 + 1 epochs: {per_epoch:,} × 21 =
 # {steps:,} steps.
 """
     interval_text = (
-        f"{interval} # reference: at batches 0, 2000, 4000 of every epoch from epoch 1\n"
+        f"{interval} # official code: at batches 0, 2000, 4000 of every epoch from epoch 1\n"
         f"  # (3 per epoch, 60 in all); here every ⌈{per_epoch}/3⌉ = {interval} steps:\n"
         f"  # {-(-refreshes // interval)} refreshes over the 20 epochs"
     )
@@ -248,10 +253,12 @@ def cgdm_imageclef() -> dict[str, str]:
         arrow = f"{src.upper()}→{tgt.upper()}"
         header = f"""\
 # CGDM on ImageCLEF-DA {arrow} ({IMAGECLEF_NAMES[src]} → {IMAGECLEF_NAMES[tgt]}), ResNet-50:
-# the reference's train_image_clef.py (hard-coded i → c there; algorithms.md Part I).
+# the official code's train_image_clef.py (hard-coded i → c there;
+# https://github.com/lijin118/CGDM).
 # Run: {RUN.format(name=name)}
-# Paper (3P-table §1.10): {arrow} {result} accuracy (ImageCLEF average 89.5).
-# Iterations: {DOMAIN_SIZES[source]} source images // 32 = {per_epoch} per epoch (§1.8, §3.2);
+# Paper (Du et al., CVPR 2021, via a third-party copy of its table): {arrow} {result} accuracy
+# (ImageCLEF average 89.5).
+# Iterations: {DOMAIN_SIZES[source]} source images // 32 = {per_epoch} per epoch;
 # the loop runs 200 + 1 epochs: {per_epoch} × 201 = {steps:,} steps.
 """
         warmup = "0 # start = -1: pseudo-labels and L_GD from epoch 0"
@@ -272,20 +279,21 @@ def cgdm_domainnet() -> dict[str, str]:
         name = f"cgdm_domainnet_{src}.yaml"
         others = [d for d in DOMAINNET if d != src]
         header = f"""\
-# CGDM on DomainNet (345 classes) from {src}, ResNet-50: the reference's
-# train_domainnet.py (hard-coded real → sketch there; shared/reference/algorithms.md Part I).
+# CGDM on DomainNet (345 classes) from {src}, ResNet-50: the official code's
+# train_domainnet.py (hard-coded real → sketch there; https://github.com/lijin118/CGDM).
 # One file per SOURCE, the target an override: every setting that differs between the 30 tasks
 # (steps, warm-up, pseudo-label and test intervals) depends on the source alone, and the paper's
 # per-task numbers are unknown. Default target: {tgt}. The {len(others)} tasks from {src}:
 #   {RUN.format(name=name)} \\
 #     data.target=domainnet/TARGET  (TARGET: {", ".join(others)})
-# Paper: only the DomainNet average 27.2 is known (3P-summary; UNVERIFIED, possibly BCDM's
-# figure; per-task matrix, backbone and protocol UNVERIFIED).
-# Data: the reference reads the whole domain folder; domainnet/<d> reads domainnet/<d>_train.txt
-# instead when that list exists (then scale the step counts below to the train split).
-# Iterations: {DOMAIN_SIZES[source]:,} images of {src} (cleaned release; not in the reference,
-# UNVERIFIED) // 32 = {per_epoch:,} per epoch; the loop runs 200 + 1 epochs: {per_epoch:,} × 201
-# = {steps:,} steps.
+# Paper: only the DomainNet average 27.2 is known (from a third-party summary of the paper;
+# UNVERIFIED, possibly BCDM's figure; per-task matrix, backbone and protocol UNVERIFIED).
+# Data: the official code reads the whole domain folder; domainnet/<d> reads
+# domainnet/<d>_train.txt instead when that list exists (then scale the step counts below to the
+# train split).
+# Iterations: {DOMAIN_SIZES[source]:,} images of {src} (cleaned release; not in the official
+# code, UNVERIFIED) // 32 = {per_epoch:,} per epoch; the loop runs 200 + 1 epochs:
+# {per_epoch:,} × 201 = {steps:,} steps.
 """
         warmup = f"{sizes['warmup']} # start = 0: epoch 0 is a warm-up (labels computed, unused)"
         interval = f"{per_epoch} # refreshed at the start of every epoch"
@@ -348,8 +356,8 @@ eval_every: 500 # test interval 500
 
 MA_NOTE = """\
 # The paper's figure is best_acc, the best of the tests every 500 steps, selected on
-# target labels (MetaAlign Pitfall 9): the max of eval/target_accuracy in metrics.jsonl
-# (results.json holds the last). Overall accuracy.
+# target labels (as the official MetaAlign code does): the max of eval/target_accuracy in
+# metrics.jsonl (results.json holds the last). Overall accuracy.
 """
 
 
@@ -363,9 +371,10 @@ def metaalign_officehome() -> dict[str, str]:
         header = f"""\
 # GVB-GD + MetaAlign on Office-Home {arrow} ({src} → {tgt}), ResNet-50: the MetaAlign
 # code (microsoft/UDA 9369a04 classification/train.py) as its README run (Ar→Cl, meta_lr
-# 100); shared/reference/algorithms.md Part II §2.3–2.9.
+# 100); Wei et al., CVPR 2021, https://github.com/microsoft/MetaAlign.
 # Run: {RUN.format(name=name)}
-# Paper (3P-table §2.9): {arrow} {result} (Office-Home average 71.3); GVB-GD's own paper: {gvb}.
+# Paper (Wei et al., CVPR 2021, via a third-party copy of its table): {arrow} {result}
+# (Office-Home average 71.3); GVB-GD's own paper (Cui et al., CVPR 2020): {gvb}.
 {MA_NOTE}"""
         files[name] = metaalign_yaml(
             header,
@@ -387,11 +396,13 @@ def metaalign_office31() -> dict[str, str]:
         header = f"""\
 # GVB-GD + MetaAlign on Office-31 {arrow} ({src} → {tgt}), ResNet-50: the MetaAlign code
 # (microsoft/UDA 9369a04 classification/train.py) with the README run's settings (meta_lr
-# 100) and GVB-GD's lr0 for this task; shared/reference/algorithms.md Part II §2.3–2.9.
+# 100) and GVB-GD's lr0 for this task; Wei et al., CVPR 2021,
+# https://github.com/microsoft/MetaAlign.
 # Run: {RUN.format(name=name)}
-# Paper (3P-table §2.9): {result}.
-# The 3P row (93.0±0.5, 94.5±0.3, 73.6, 100.0, 75.0±0.3, 98.6; Avg 89.2) does not fit its
-# header's column order. GVB-GD's own paper: {arrow} {gvb}.
+# Paper (Wei et al., CVPR 2021, via a third-party copy of its table):
+# {result}.
+# That copy's row (93.0±0.5, 94.5±0.3, 73.6, 100.0, 75.0±0.3, 98.6; Avg 89.2) does not fit its
+# header's column order. GVB-GD's own paper (Cui et al., CVPR 2020): {arrow} {gvb}.
 {MA_NOTE}"""
         note = (
             "GVB-GD code for this task; MetaAlign code default 1e-3"

@@ -13,19 +13,25 @@ import pytest
 from uda_jax import train
 from uda_jax.checkpoint import Checkpointer
 from uda_jax.config import load_config
-from uda_jax.experiment import build_experiment, create_train_state, make_step_fn
+from uda_jax.experiment import build_experiment, compile_train_step, create_train_state
+from uda_jax.loop import TrainingError
 from uda_jax.train import main
 
 ROOT = Path(__file__).resolve().parent.parent
+LR0, GAMMA, POWER = 0.01, 1.0, 0.75  # an inv schedule that moves within 4 steps
 TINY = [
     "steps=4",
     "log_every=1",
     "eval_every=2",
-    "method.num_k=1",
-    "method.warmup_steps=2",
-    "method.pseudo_interval=2",  # a refresh at step 2, none at 3
+    "cgdm.num_k=1",
+    "cgdm.warmup_steps=2",
+    "cgdm.pseudo_interval=2",  # a refresh at step 2, none at 3
     "model.classifier_widths=[16,16]",
     "data.batch_size=8",
+    f"optimizer.learning_rate={LR0}",
+    "optimizer.schedule.name=inv",
+    f"optimizer.schedule.kwargs.gamma={GAMMA}",
+    f"optimizer.schedule.kwargs.power={POWER}",
     "progress=false",
     "plots=false",
 ]
@@ -40,25 +46,29 @@ def cgdm_runs(tmp_path_factory):
     """Three tiny CGDM runs in one process: seed 0 twice and seed 1."""
     base = tmp_path_factory.mktemp("runs")
     dirs = {}
-    step_fns = []  # the loop's step function of each run
+    train_steps = []  # the loop's compiled train step of each run
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(
-            train, "make_step_fn", lambda e: step_fns.append(make_step_fn(e)) or step_fns[-1]
+            train,
+            "compile_train_step",
+            lambda e: train_steps.append(compile_train_step(e)) or train_steps[-1],
         )
         for name, seed in (("a", 0), ("b", 0), ("c", 1)):
             dirs[name] = base / name
             assert main([*TINY, f"seed={seed}", f"run_dir={dirs[name]}"]) == 0
-    dirs["step_fn_a"] = step_fns[0]
+    dirs["train_step_a"] = train_steps[0]
     return dirs
 
 
 def test_run_writes_config_metrics_results_and_done(cgdm_runs):
     run_dir = cgdm_runs["a"]
     assert (run_dir / "config.yaml").read_text().startswith("method:")
+    assert load_config(run_dir / "config.yaml").cgdm.warmup_steps == 2
     assert (run_dir / "done").exists()
     results = json.loads((run_dir / "results.json").read_text())
     for key in ("target_accuracy", "target_mean_class_accuracy", "steps", "wall_time_s"):
         assert key in results
+    assert results["method"] == "cgdm"
     assert 0.0 <= results["target_accuracy"] <= 1.0
     assert results["steps"] == 4
     assert results["steps_per_s"] > 0
@@ -72,29 +82,24 @@ def test_run_writes_config_metrics_results_and_done(cgdm_runs):
     assert gd[1] == 0.0 and gd[2] == 0.0 and gd[3] > 0.0
 
 
-def test_run_compiles_each_cgdm_step_variant_once(cgdm_runs):
-    """Warm-up and full variant, each compiled once: the pseudo-label refresh (step 2) and the
-    step after it (3) see the state placed alike, so the step is not compiled again."""
-    compiled = {role: fn._cache_size() for role, fn in cgdm_runs["step_fn_a"]._fns.items()}
-    assert compiled == {False: 1, True: 1}
-
-
-def test_loop_step_runs_cgdm_warmup_variant_then_the_full_one_compiling_each_once():
-    """The loop's step function picks CGDM's variant on the host (off before ``warmup_steps``)
-    and says which calls compile, so the run's steps/s leaves them out."""
-    experiment = build_experiment(load_config(None, ["method.warmup_steps=2"]))
-    step_fn = make_step_fn(experiment)
-    ran = []
-    step_fn._fns = {  # stand-ins for the compiled functions: record the role that runs
-        role: lambda state, batch, role=role: (ran.append(role), (state, {}))[1]
-        for role in step_fn._fns
+def test_run_logs_the_learning_rate_of_the_schedule(cgdm_runs):
+    """The record of step s (after s iterations) holds lr(s − 1), the rate iteration s − 1
+    stepped with: lr0·(1 + γt)^(−p)."""
+    logged = {
+        r["step"]: r["train/learning_rate"]
+        for r in _metrics(cgdm_runs["a"])
+        if "train/learning_rate" in r
     }
-    compiles = []
-    for step in range(5):
-        compiles.append(step_fn.compiles(step))
-        step_fn(None, None, step)
-    assert ran == [False, False, True, True, True]
-    assert compiles == [True, False, True, False, False]
+    assert sorted(logged) == [1, 2, 3, 4]
+    for step, value in logged.items():
+        expected = LR0 * (1 + GAMMA * (step - 1)) ** -POWER
+        np.testing.assert_allclose(value, expected, rtol=1e-6, err_msg=f"step {step}")
+
+
+def test_run_compiles_the_cgdm_step_once(cgdm_runs):
+    """One compiled step across the warm-up switch (data, not a variant) and across the
+    pseudo-label refresh of step 2, whose new state is placed as the step's own output."""
+    assert cgdm_runs["train_step_a"]._cache_size() == 1
 
 
 def test_same_seed_gives_identical_metrics_and_another_seed_does_not(cgdm_runs):
@@ -128,11 +133,15 @@ def test_module_entry_point_exit_code_and_no_traceback(tmp_path):
 NAN_RUN = ["method.name=source_only", "optimizer.learning_rate=1e12", "steps=30", "log_every=1"]
 
 
-def test_nan_loss_stops_with_the_step_and_loss_named(tmp_path, capsys):
+def test_nan_loss_stops_with_the_step_and_loss_named(tmp_path):
+    """The library entry point raises TrainingError (main turns it into exit code 1)."""
     run_dir = tmp_path / "nan"
-    assert main([*NAN_RUN, "progress=false", f"run_dir={run_dir}"]) == 1
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: step ") and "train/loss_cls is nan" in err
+    config = load_config(None, [*NAN_RUN, "progress=false", f"run_dir={run_dir}"])
+    with pytest.raises(TrainingError) as info:
+        train.train_and_evaluate(config, run_dir)
+    message = str(info.value)
+    assert message.startswith("step ") and "train/loss_cls is nan" in message
+    assert "\n" not in message
     assert not (run_dir / "done").exists() and not (run_dir / "results.json").exists()
 
 
@@ -154,15 +163,25 @@ def test_nan_parameters_stop_before_a_checkpoint_and_the_last_good_one_stays(tmp
 
 def test_metaalign_config_runs_end_to_end_alternating_roles(tmp_path):
     run_dir = tmp_path / "ma"
-    args = [str(ROOT / "configs/digits_gvb_metaalign.yaml"), "steps=3", "log_every=1"]
+    path = ROOT / "configs/digits_gvb_metaalign.yaml"
+    args = [str(path), "steps=3", "log_every=1"]
     small = ["model.discriminator_hidden=16", "data.batch_size=8", "eval_every=0"]
     assert main([*args, *small, "progress=false", f"run_dir={run_dir}"]) == 0
-    roles = [r["train/meta_align_first"] for r in _metrics(run_dir) if "train/loss_cls" in r]
-    assert roles == [0.0, 1.0, 0.0]
-    assert json.loads((run_dir / "results.json").read_text())["method"] == "gvb"
+    records = [r for r in _metrics(run_dir) if "train/loss_cls" in r]
+    assert [r["train/meta_align_first"] for r in records] == [0.0, 1.0, 0.0]
+    assert all(np.isfinite(r["train/meta_grad_norm"]) for r in records)
+    optimizer = load_config(path).optimizer  # lr0 1e-3, inv with gamma 0.001, power 0.75
+    gamma, power = optimizer.schedule.kwargs["gamma"], optimizer.schedule.kwargs["power"]
+    for r in records:
+        expected = optimizer.learning_rate * (1 + gamma * (r["step"] - 1)) ** -power
+        np.testing.assert_allclose(r["train/learning_rate"], expected, rtol=1e-6)
+    assert json.loads((run_dir / "results.json").read_text())["method"] == "metaalign"
 
 
 def test_metaalign_on_a_non_adversarial_method_is_refused(tmp_path, capsys):
-    code = main(["metaalign.enabled=true", f"run_dir={tmp_path / 'r'}"])
+    code = main(["method.name=metaalign", "metaalign.base=cgdm", f"run_dir={tmp_path / 'r'}"])
     assert code == 2
-    assert "metaalign.enabled needs an adversarial method" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("error: metaalign.base must be an adversarial method")
+    assert err.count("\n") == 1
+    assert not (tmp_path / "r").exists()

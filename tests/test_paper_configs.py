@@ -1,5 +1,5 @@
-"""The paper configs: all load, hold the reference settings (algorithms.md) and equal the
-generator's output (configs/make_paper_configs.py), so they cannot drift."""
+"""The paper configs: all load, hold the settings of the official code of each paper and equal
+the generator's output (configs/make_paper_configs.py), so they cannot drift."""
 
 import importlib.util
 import itertools
@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from uda_jax.config import load_config
+from uda_jax.config import FIXED_SECTIONS, load_config
+from uda_jax.methods import build_method
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 GENERATED_PREFIXES = ("cgdm_visda", "cgdm_imageclef_", "cgdm_domainnet_", "metaalign_gvb_")
@@ -32,16 +33,18 @@ def _check(path, expected):
     config = load_config(path)
     for key, value in expected.items():
         assert _value(config, key) == value, f"{path.name}: {key}"
+    sections = {key.split(".")[0] for key in expected} - set(FIXED_SECTIONS)
+    assert set(config.sections) == sections, f"{path.name}: the method sections"
     return config
 
 
 # ----------------------------------------------------------------------------- the reference
 
-CGDM = {  # §1.5, §1.8 (all scripts), §1.3 (heads), §1.9 (resize/crop)
+CGDM = {  # every CGDM script: step C, weights, optimizer, heads, resize and crop
     "method.name": "cgdm",
-    "method.num_k": 4,
-    "method.discrepancy_weight": 1.0,
-    "method.gd_weight": 0.01,
+    "cgdm.num_k": 4,
+    "cgdm.discrepancy_weight": 1.0,
+    "cgdm.gd_weight": 0.01,
     "model.bottleneck_dim": 256,
     "model.classifier_widths": (1000, 1000),
     "model.dropout": 0.5,
@@ -53,7 +56,8 @@ CGDM = {  # §1.5, §1.8 (all scripts), §1.3 (heads), §1.9 (resize/crop)
     "optimizer.name": "sgd",
     "optimizer.weight_decay": 5e-4,
     "optimizer.kwargs": {"momentum": 0.9},
-    "optimizer.schedule": "constant",
+    "optimizer.schedule.name": "constant",
+    "optimizer.schedule.kwargs": {},
     "optimizer.groups.g.lr_mult": 1.0,
     "optimizer.groups.g.kwargs": {"momentum": 0.0},
 }
@@ -63,13 +67,13 @@ VISDA = {
     "model.pretrained": "resnet101-63fe2227.pth",
     "model.train_bottleneck": False,
     "optimizer.learning_rate": 3e-4,
-    "method.entropy_weight": 0.01,
-    "method.pseudo_weight": 0.01,
+    "cgdm.entropy_weight": 0.01,
+    "cgdm.pseudo_weight": 0.01,
     "data.source": "visda/train",
     "data.target": "visda/validation",
     "data.train_crop": "center",
     "steps": 4762 * 21,  # 152,397 // 32 per epoch, 20 + 1 epochs
-    "method.warmup_steps": 4762,
+    "cgdm.warmup_steps": 4762,
     "eval_every": 4762,
     "seed": 1,
 }
@@ -79,12 +83,12 @@ IMAGECLEF = {
     "model.pretrained": "resnet50-0676ba61.pth",
     "model.train_bottleneck": True,
     "optimizer.learning_rate": 1e-3,
-    "method.entropy_weight": 0.1,
-    "method.pseudo_weight": 0.1,
+    "cgdm.entropy_weight": 0.1,
+    "cgdm.pseudo_weight": 0.1,
     "data.train_crop": "random",
     "steps": 18 * 201,  # 600 // 32 per epoch, 200 + 1 epochs
-    "method.warmup_steps": 0,  # start = -1
-    "method.pseudo_interval": 18,
+    "cgdm.warmup_steps": 0,  # start = -1
+    "cgdm.pseudo_interval": 18,
     "eval_every": 18,
     "seed": 100,
 }
@@ -95,8 +99,8 @@ DOMAINNET = {
     "model.pretrained": "resnet50-0676ba61.pth",
     "model.train_bottleneck": False,
     "optimizer.learning_rate": 1e-3,
-    "method.entropy_weight": 0.1,
-    "method.pseudo_weight": 0.01,
+    "cgdm.entropy_weight": 0.1,
+    "cgdm.pseudo_weight": 0.01,
     "data.train_crop": "center",
     "seed": 1,
 }
@@ -108,13 +112,14 @@ DOMAINNET_SIZES = {  # whole domains, cleaned release (not in the reference)
     "real": 172_947,
     "sketch": 69_128,
 }
-METAALIGN = {  # §2.3–2.8, the README run
-    "method.name": "gvb",
-    "method.trade_off": 1.0,
-    "method.gvbg_weight": 1.0,
-    "method.gvbd_weight": 1.0,
-    "method.grl_max_iter": 10000.0,
-    "method.grl_alpha": 10.0,
+METAALIGN = {  # the MetaAlign code around GVB-GD, with its README run's settings
+    "method.name": "metaalign",
+    "metaalign.base": "gvb",
+    "gvb.trade_off": 1.0,
+    "gvb.gvbg_weight": 1.0,
+    "gvb.gvbd_weight": 1.0,
+    "gvb.grl_max_iter": 10000.0,
+    "gvb.grl_alpha": 10.0,
     "model.backbone": "resnet50",
     "model.pretrained": "resnet50-0676ba61.pth",
     "model.bottleneck_dim": 0,
@@ -126,12 +131,10 @@ METAALIGN = {  # §2.3–2.8, the README run
     "optimizer.name": "sgd",
     "optimizer.weight_decay": 1e-3,
     "optimizer.kwargs": {"momentum": 0.9, "nesterov": True},
-    "optimizer.schedule": "inv",
-    "optimizer.schedule_gamma": 0.001,
-    "optimizer.schedule_power": 0.75,
+    "optimizer.schedule.name": "inv",
+    "optimizer.schedule.kwargs": {"gamma": 0.001, "power": 0.75},
     "optimizer.groups.f.lr_mult": 10.0,
     "optimizer.groups.d.lr_mult": 10.0,
-    "metaalign.enabled": True,
     "metaalign.order": "first",
     "metaalign.meta_lr": 100.0,
     "metaalign.period": 1,
@@ -157,10 +160,11 @@ def test_every_config_loads(path):
 
 def test_cgdm_visda():
     config = _check(CONFIGS / "cgdm_visda.yaml", VISDA)
-    warmup, interval = config.method.warmup_steps, config.method.pseudo_interval
-    # as uda_jax.train.pseudo_refresh_due: 60 refreshes, 3 per epoch over epochs 1–20
-    assert len(range(warmup, config.steps, interval)) == 60
-    assert interval <= 2000  # labels never older than the reference's --pseudo_interval
+    interval = config.cgdm.pseudo_interval
+    # the loop's pseudo-label refreshes: 60, 3 per epoch over epochs 1–20
+    method = build_method(config)
+    assert sum(method.hook_due(step) for step in range(config.steps)) == 60
+    assert interval <= 2000  # labels never older than the official script's --pseudo_interval
 
 
 @pytest.mark.parametrize("task", IMAGECLEF_TASKS)
@@ -181,8 +185,8 @@ def test_cgdm_domainnet(source):
         **DOMAINNET,
         "data.source": f"domainnet/{source}",
         "steps": per_epoch * 201,
-        "method.warmup_steps": per_epoch,  # start = 0
-        "method.pseudo_interval": per_epoch,
+        "cgdm.warmup_steps": per_epoch,  # start = 0
+        "cgdm.pseudo_interval": per_epoch,
         "eval_every": per_epoch,
     }
     config = _check(CONFIGS / f"cgdm_domainnet_{source}.yaml", expected)

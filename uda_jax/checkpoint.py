@@ -1,4 +1,4 @@
-"""Orbax checkpoints of a run: train state, data-stream position and metadata (DESIGN).
+"""Orbax checkpoints of a run: train state, data-stream position and metadata.
 
 A checkpoint is one orbax step directory ``<run_dir>/checkpoints/<step>`` holding three items:
 

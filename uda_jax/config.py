@@ -18,6 +18,7 @@ The defaults of :class:`Config` are the embedded demo (CGDM on mnist5k → ucidi
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import math
 import types
@@ -70,7 +71,7 @@ class ModelConfig:
     train_bottleneck: bool = True  # the official VisDA/DomainNet scripts never step it
     classifier_widths: tuple[int, ...] = (256, 256)
     dropout: float = 0.5
-    # reference: N(0, 0.01²) (the CGDM code); xavier; pytorch (torch.nn.Linear's default)
+    # reference: N(0, 0.01²) (the official CGDM code); xavier; pytorch (torch.nn.Linear's default)
     classifier_init: typing.Literal["reference", "xavier", "pytorch"] = "reference"
     # unbiased: PyTorch's running variance (faithful); biased: flax's convention
     bn_running_var: typing.Literal["unbiased", "biased"] = "unbiased"
@@ -196,17 +197,58 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     """
     raw = to_dict(_fixed_defaults())
     if path is not None:
-        raw = _merge(Config, raw, _read_yaml(Path(path)))
-    parsed = [_parse_override(item) for item in overrides]
+        raw = _merge(Config, raw, _expand_names(_read_yaml(Path(path))))
+    parsed = [_named_override(*_parse_override(item)) for item in overrides]
     new_optimizer = dict(parsed).get("optimizer.name")
     if new_optimizer is not None and new_optimizer != raw.get("optimizer", {}).get("name"):
         _clear_optimizer_kwargs(raw)
-    old_method = raw.get("method", {}).get("name") if isinstance(raw.get("method"), dict) else None
+    new_method = dict(parsed).get("method.name")
+    if new_method is not None and new_method != _method_name(raw):
+        _drop_unused_sections(raw, parsed)
     for key, value in parsed:
         _set_dotted(raw, key, value)
-    config = build_config(raw, method_changed_from=_changed(old_method, raw))
+    config = build_config(raw)
     validate(config)
     return config
+
+
+_NAMED_SECTIONS = ("method", "optimizer.schedule")
+
+
+def _expand_names(raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` with the shorthand of a named section (``schedule: inv``) written out."""
+    for key in _NAMED_SECTIONS:
+        *parents, last = key.split(".")
+        node = raw
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and isinstance(node.get(last), str):
+            node[last] = {"name": node[last]}
+    return raw
+
+
+def _named_override(key: str, value: Any) -> tuple[str, Any]:
+    """``method=dann`` as ``method.name=dann`` (and so for every named section)."""
+    if key in _NAMED_SECTIONS and isinstance(value, str):
+        return f"{key}.name", value
+    return key, value
+
+
+def _method_name(raw: dict[str, Any]) -> Any:
+    method = raw.get("method")
+    return method.get("name") if isinstance(method, dict) else None
+
+
+def _drop_unused_sections(raw: dict[str, Any], parsed: list[tuple[str, Any]]) -> None:
+    """Removes the lower layers' method sections that the overridden method does not read."""
+    from uda_jax.methods.registry import method_sections
+
+    after = copy.deepcopy(raw)
+    for key, value in parsed:
+        _set_dotted(after, key, value)
+    wanted = method_sections(_method_name(after), after)
+    for key in [k for k in raw if k not in FIXED_SECTIONS and k not in wanted]:
+        del raw[key]
 
 
 def _fixed_defaults() -> dict[str, Any]:
@@ -219,12 +261,7 @@ def _field_default(field: dataclasses.Field) -> Any:
     return field.default
 
 
-def _changed(old_method: Any, raw: dict[str, Any]) -> str | None:
-    new = raw.get("method", {}).get("name") if isinstance(raw.get("method"), dict) else None
-    return old_method if old_method is not None and new != old_method else None
-
-
-def build_config(raw: Mapping[str, Any], method_changed_from: str | None = None) -> Config:
+def build_config(raw: Mapping[str, Any]) -> Config:
     """The :class:`Config` of plain data (a parsed YAML mapping), every key and type checked."""
     from uda_jax.methods.registry import method_sections
 
@@ -238,8 +275,6 @@ def build_config(raw: Mapping[str, Any], method_changed_from: str | None = None)
         if key in FIXED_SECTIONS:
             continue
         if key not in wanted:
-            if method_changed_from is not None:
-                continue  # the lower layer's section of the method the override replaced
             raise UserError(_foreign_section_message(key, config.method.name, list(wanted)))
         sections[key] = value
     built = {name: _build(cls, sections.get(name, {}), f"{name}.") for name, cls in wanted.items()}

@@ -1,8 +1,8 @@
 """Loss functions, each a small pure function with the formula it computes.
 
 Conventions: ``logits: [batch, classes]``, ``probs: [batch, classes]`` (rows sum to 1),
-``labels: [batch]`` int. The equations are those of ``reference/algorithms.md`` Part I §1.4 and
-§1.6 (CGDM, as the official code computes them).
+``labels: [batch]`` int. The equations are CGDM's (Du et al., CVPR 2021) as the official code
+(https://github.com/lijin118/CGDM, ``utils.py``) computes them.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 PyTree = Any
 
-ENTROPY_EPS = 1e-5  # the reference adds 1e-5 inside every log of a probability
+ENTROPY_EPS = 1e-5  # the official code adds 1e-5 inside every log of a probability
 COSINE_EPS = 1e-8
 
 
@@ -60,11 +60,11 @@ def information_entropy(probs: jax.Array) -> jax.Array:
 
 
 def weighted_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """CGDM's entropy-weighted CE on pseudo-labels (``Weighted_CrossEntropy``, §1.4).
+    """CGDM's entropy-weighted CE on pseudo-labels (``utils.py::Weighted_CrossEntropy``).
 
     ``w_i = 1 + exp(−H(p_i))``, ``w̃_i = w_i / stop_gradient(Σ_j w_j)``,
     ``L^W = (1/B) Σ_i w̃_i · CE_i``. Only the normaliser is detached, so gradient flows through
-    ``w_i`` into ``H``; the 1/B makes it B times smaller than a plain CE (reference Pitfall 4).
+    ``w_i`` into ``H``; the 1/B makes it B times smaller than a plain CE (as in the official code).
     """
     weights = 1.0 + jnp.exp(-row_entropy(jax.nn.softmax(logits)))
     weights = weights / jax.lax.stop_gradient(jnp.sum(weights))
@@ -74,7 +74,7 @@ def weighted_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 def safe_cosine(x: jax.Array, y: jax.Array, axis: int = -1) -> jax.Array:
     """Cosine similarity ``x·y / sqrt(max(Σx²·Σy², ε²))``, ε = 1e-8, along ``axis``.
 
-    The PyTorch 1.6 formula the CGDM code ran with (reference Part VII §2): ≈ 0 when either vector
+    The PyTorch 1.6 formula the official CGDM code ran with: ≈ 0 when either vector
     is ≈ 0 (the round-off gradients of a Linear bias before BN), and never NaN, also in its
     gradient: below ε² the ``maximum`` passes no gradient to the norms.
     """
@@ -84,7 +84,8 @@ def safe_cosine(x: jax.Array, y: jax.Array, axis: int = -1) -> jax.Array:
 
 
 def tensor_gradient_cosine(grad_s: jax.Array, grad_t: jax.Array) -> jax.Array:
-    """Cosine between two gradients of one parameter tensor, as ``F.cosine_similarity`` in §1.6.
+    """Cosine between two gradients of one parameter tensor, as ``F.cosine_similarity`` in
+    CGDM's ``utils.py::gradient_discrepancy_loss_margin``.
 
     A weight matrix (flax kernel ``[in, out]``, PyTorch's ``[out, in]`` transposed) gives one
     cosine per output unit over its input weights, averaged; a vector gives one cosine.
@@ -97,7 +98,8 @@ def tensor_gradient_cosine(grad_s: jax.Array, grad_t: jax.Array) -> jax.Array:
 
 
 def gradient_discrepancy(grads_s: PyTree, grads_t: PyTree) -> jax.Array:
-    """``mean over parameter tensors P of (1 − cos(g_s[P], g_t[P]))`` for one classifier (§1.6).
+    """``mean over parameter tensors P of (1 − cos(g_s[P], g_t[P]))`` for one classifier
+    (CGDM's ``gradient_discrepancy_loss_margin``).
 
     Args:
       grads_s: gradient of the source loss w.r.t. the classifier's parameters (a pytree).

@@ -94,18 +94,27 @@ def build_schedule(learning_rate: float, config: ScheduleConfig) -> optax.Schedu
             )
     kwargs.setdefault(params[0], learning_rate)
     try:
-        schedule = factory(**kwargs)
+        schedule = as_default_float(factory(**kwargs))
         value = float(schedule(0))
     except (TypeError, ValueError) as err:
         raise UserError(f"optimizer.schedule {config.name} with {kwargs}: {err}") from None
     if not jnp.isfinite(value) or value < 0:
         raise UserError(f"optimizer.schedule {config.name} gives {value} at iteration 0")
-    return as_default_float(schedule)
+    return schedule
 
 
 def as_default_float(schedule: optax.Schedule) -> optax.Schedule:
-    """``schedule`` returning an array of the default float type (float64 under x64)."""
-    return lambda count: jnp.asarray(schedule(count), jnp.result_type(float))
+    """``schedule`` returning an array of the default float type (float64 under x64).
+
+    It runs under standard dtype promotion: optax's schedules mix Python floats with the int32
+    iteration, which a program under strict promotion would otherwise refuse.
+    """
+
+    def scheduled(count: jax.Array) -> jax.Array:
+        with jax.numpy_dtype_promotion("standard"):
+            return jnp.asarray(schedule(count), jnp.result_type(float))
+
+    return scheduled
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,7 +143,8 @@ class GroupOptimizer:
         self, grads: PyTree, state: optax.OptState, params: PyTree, step: jax.Array
     ) -> tuple[PyTree, optax.OptState]:
         """One optimizer step at training iteration ``step``: ``(new_params, new_state)``."""
-        direction, new_state = self.transformation.update(grads, state, params)
+        with jax.numpy_dtype_promotion("standard"):  # optax mixes floats and int32 counters
+            direction, new_state = self.transformation.update(grads, state, params)
         lr = self.learning_rate(step)
         updates = jax.tree.map(lambda u: jnp.asarray(lr, u.dtype) * u, direction)
         return optax.apply_updates(params, updates), new_state

@@ -1,13 +1,14 @@
-"""CGDM's clustering pseudo-labels for the target domain (reference Part I §1.7, pure jnp).
+"""CGDM's clustering pseudo-labels for the target domain (``utils.py::obtain_label``, pure jnp).
 
 From eval-mode features ``f_i`` and probabilities ``P_i = softmax(z1 + z2)`` of the whole target
 training set: append 1 to each feature and L2-normalise; soft centroids
 ``c_k = Σ_i P_ik f_i / (1e-8 + Σ_i P_ik)``; assign each sample to the centroid of least cosine
 distance; one hard round (centroids of the assigned samples, reassign).
 
-Deliberate difference (reference Pitfall 7): a class with no members after the soft round gets a
-zero centroid, for which the reference's scipy ``cdist`` returns NaN and ``argmin`` then sends
-*every* sample to that class. Here empty clusters are masked out of the assignment instead.
+Deliberate difference from the official CGDM code: a class with no members after the soft round
+gets a zero centroid, for which the official code's scipy ``cdist`` returns NaN and ``argmin``
+then sends *every* sample to that class. Here empty clusters are masked out of the assignment
+instead.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ def weighted_centroids(features: jax.Array, weights: jax.Array) -> jax.Array:
 
 
 def cluster_pseudo_labels(features: jax.Array, probs: jax.Array) -> jax.Array:
-    """Pseudo-labels ``[N]`` int32 from ``features [N, D]`` and ``probs [N, K]`` (§1.7)."""
+    """Pseudo-labels ``[N]`` int32 from ``features [N, D]`` and ``probs [N, K]``
+    (CGDM's ``obtain_label``)."""
     augmented = jnp.concatenate([features, jnp.ones_like(features[:, :1])], axis=1)
     augmented = _normalise_rows(augmented)
     labels = nearest_centroid(augmented, weighted_centroids(augmented, probs))

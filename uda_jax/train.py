@@ -98,6 +98,11 @@ def train_and_evaluate(
     with _session(config, run_dir, start, method.metrics, is_main, stream) as out:
         if restored is not None:
             out.progress.note(f"resumed from the checkpoint of step {start} in {run_dir}")
+        if method.warmup_steps >= config.steps:
+            out.progress.note(
+                f"warning: {config.method.name}'s warm-up ({method.warmup_steps} steps) is not "
+                f"shorter than the run (steps={config.steps}): its adaptation terms never switch on"
+            )
         for step in range(start, config.steps):
             if method.hook_due(step):
                 with clock.pause(state):

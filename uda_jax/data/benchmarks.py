@@ -2,7 +2,7 @@
 
 The data root is the ``root`` argument, else ``$UDA_DATA_DIR``. Each domain is read from a list
 file when one exists (paths in it relative to the benchmark folder, or absolute), else from a
-class folder tree. Expected layout under the root (as the reference code reads it):
+class folder tree. Expected layout under the root (as the official code reads it):
 
 ``office31/<amazon|dslr|webcam>``
     list ``office31/<domain>_list.txt`` (GVB), else folders ``office31/<domain>/images/<class>/``

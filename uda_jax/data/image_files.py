@@ -1,6 +1,6 @@
 """Image domains on disk: ``"path label"`` list files and ``root/<class>/<image>`` folder trees.
 
-These are the two formats the reference code reads: MetaAlign/GVB image lists (CRLF line
+These are the two formats the official code reads: MetaAlign/GVB image lists (CRLF line
 endings, one integer label per line) and CGDM's ``ImageFolder`` trees. Both become an
 :class:`ImageDomain`: absolute paths, int32 labels and class names, validated once here so
 that training never meets a missing file or a bad label.
@@ -169,7 +169,7 @@ def read_image_folder(
 ) -> ImageDomain:
     """Reads a ``root/<class>/.../<image>`` tree (CGDM's ``ImageFolder`` layout).
 
-    Label ``k`` is ``class_names[k]``; by default the sorted class folder names (the reference's
+    Label ``k`` is ``class_names[k]``; by default the sorted class folder names (the official code's
     order for Office-31, VisDA, ImageCLEF, DomainNet; Office-Home needs its explicit order).
     Images are files with the extensions in :data:`IMAGE_EXTENSIONS` (any case), also inside
     nested subfolders of a class; paths are sorted within each class, so order is reproducible.

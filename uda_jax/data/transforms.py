@@ -1,6 +1,6 @@
 """Image transforms with torchvision's semantics, in numpy/PIL.
 
-The reference pre-processing is ``Resize((256, 256))`` (PIL bilinear) → ``RandomCrop(224)`` or
+The official code's pre-processing is ``Resize((256, 256))`` (PIL bilinear) → ``RandomCrop(224)`` or
 ``CenterCrop(224)`` → ``RandomHorizontalFlip`` → ``ToTensor`` + ImageNet ``Normalize``. Here every
 step is a pure function of a uint8 ``[H, W, C]`` array; the random ones take an explicit
 ``np.random.Generator``, so the pipeline can seed each example by ``(seed, epoch, index)`` and
@@ -23,7 +23,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 def decode_rgb(data: bytes | str) -> np.ndarray:
     """Decodes encoded image bytes or a file path to uint8 ``[H, W, 3]`` (like PIL ``.convert
-    ("RGB")`` in the reference's loaders: grey and palette images become RGB, alpha is dropped)."""
+    ("RGB")`` in the official code's loaders: grey and palette images become RGB, alpha is
+    dropped)."""
     source = io.BytesIO(data) if isinstance(data, bytes | bytearray) else data
     with Image.open(source) as image:
         return np.asarray(image.convert("RGB"))
@@ -91,7 +92,7 @@ def normalize(
 class ImageTransform:
     """Resize → crop → optional random horizontal flip → normalise, as one picklable callable.
 
-    ``resize``: ``(height, width)``; an int ``n`` means ``(n, n)`` (the reference's
+    ``resize``: ``(height, width)``; an int ``n`` means ``(n, n)`` (the official code's
     ``Resize((256, 256))``, not torchvision's shorter-edge meaning of ``Resize(n)``); ``None``
     keeps the size. ``crop``: ``"random"``, ``"center"`` or ``"none"`` with ``crop_size``.
     ``flip``: a horizontal flip with probability 1/2.
@@ -141,7 +142,7 @@ class ImageTransform:
 def train_transform(
     resize: int | tuple[int, int] = 256, crop_size: int = 224, crop: str = "random"
 ) -> ImageTransform:
-    """The reference training transform (MetaAlign ``image_target``, CGDM ImageCLEF):
+    """The official code's training transform (MetaAlign ``image_target``, CGDM ImageCLEF):
     resize → random crop → random horizontal flip → ImageNet normalisation. ``crop="center"``
     gives CGDM's VisDA/DomainNet variant."""
     return ImageTransform(resize=resize, crop_size=crop_size, crop=crop, flip=True)

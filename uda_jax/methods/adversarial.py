@@ -21,7 +21,6 @@ from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from uda_jax import domain_losses
 from uda_jax.config import check_range
@@ -33,6 +32,7 @@ from uda_jax.methods.api import (
     NetworkSpec,
     StepContext,
     apply_updates,
+    global_norm,
     source_and_target,
 )
 from uda_jax.state import TrainState
@@ -167,7 +167,7 @@ class Adversarial(Method):
         new_state = state.replace(
             step=state.step + 1, params=params, batch_stats=stats, opt_state=opt_state
         )
-        return new_state, self.metrics_of(terms) | {"train/grad_norm": optax.global_norm(grads)}
+        return new_state, self.metrics_of(terms) | {"train/grad_norm": global_norm(grads)}
 
     def metrics_of(self, terms: Metrics) -> Metrics:
         """The loss terms as ``train/loss_*`` metrics (bridge terms only with bridges)."""

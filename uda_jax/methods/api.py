@@ -135,6 +135,11 @@ def apply_updates(
     return params, opt_state
 
 
+def global_norm(tree: PyTree) -> jax.Array:
+    """``sqrt(Σ x²)`` over every leaf of ``tree``: the size of a gradient, for the metrics."""
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
+
+
 def classify(
     ctx: StepContext,
     params: dict[str, PyTree],

@@ -44,7 +44,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from uda_jax.config import check_range
 from uda_jax.errors import UserError
@@ -56,6 +55,7 @@ from uda_jax.methods.api import (
     NetworkSpec,
     StepContext,
     apply_updates,
+    global_norm,
     source_and_target,
 )
 from uda_jax.methods.registry import lookup, names, register
@@ -212,7 +212,7 @@ class MetaAlign(Method):
             extras=extras,
         )
         metrics = self.base.metrics_of(terms) | {
-            "train/meta_grad_norm": optax.global_norm(grads),
+            "train/meta_grad_norm": global_norm(grads),
             "train/meta_align_first": jnp.asarray(align_first, jnp.float32),
         }
         return new_state, metrics
@@ -296,7 +296,10 @@ class MetaAlign(Method):
 
 def _base_class(name: str) -> type:
     """The adversarial method class ``name``; a one-line error for any other method."""
-    cls = lookup(name)
+    try:
+        cls = lookup(name)
+    except UserError as err:
+        raise UserError(f"metaalign.base: {err}") from None
     if not issubclass(cls, Adversarial):
         valid = [n for n in names() if issubclass(lookup(n), Adversarial)]
         raise UserError(

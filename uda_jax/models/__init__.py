@@ -37,6 +37,26 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+def register_backbone(name: str, constructor: Callable[..., nn.Module]) -> None:
+    """Makes ``constructor`` (a flax module class or a factory of one) ``model.backbone: name``.
+
+    It is called with the keyword arguments ``bn_momentum``, ``bn_epsilon``,
+    ``unbiased_running_var``, ``dtype``, ``ops`` (:class:`LayerOps`, the convolution and pooling
+    to build from; ignore it if you like) and ``name``, and the module it returns maps images
+    ``[batch, H, W, C]`` to features ``[batch, dim]`` when called as ``module(x, train=...)``.
+    A pretrained ImageNet import (``model.pretrained``) is only defined for the ResNets.
+
+    Raises:
+      ValueError: ``name`` is a built-in backbone or is not an identifier.
+    """
+    if not name.isidentifier() or name in _BUILTIN_BACKBONES:
+        raise ValueError(f"backbone name {name!r} must be an identifier and not built in")
+    BACKBONES[name] = constructor
+
+
+_BUILTIN_BACKBONES = frozenset(BACKBONES)
+
+
 class Generator(nn.Module):
     """G: backbone, then an optional bottleneck. ``[batch, H, W, C]`` → ``[batch, dim]``."""
 
@@ -109,7 +129,7 @@ class Network:
     def frozen_mask(self, group: str, params: PyTree) -> PyTree:
         """Pytree of bools over ``params`` of ``group``: True where the optimizer must not step.
 
-        Only G's bottleneck can be frozen (``model.train_bottleneck: false``: the reference's
+        Only G's bottleneck can be frozen (``model.train_bottleneck: false``: the official CGDM
         VisDA/DomainNet scripts build its optimizer without the bottleneck, so never step it).
         """
         frozen_bottleneck = group == "g" and not self.train_bottleneck

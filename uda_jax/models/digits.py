@@ -36,7 +36,7 @@ class LeNetEncoder(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        x = jnp.mean(x, axis=-1, keepdims=True)  # the reference averages RGB to one channel
+        x = jnp.mean(x, axis=-1, keepdims=True)  # the CGDM code averages RGB to one channel
         for index, (in_channels, out_channels) in enumerate(((1, 32), (32, 48)), start=1):
             fan_in = 5 * 5 * in_channels
             x = self.ops.conv(

@@ -1,4 +1,4 @@
-"""Heads on top of a backbone: the bottleneck and CGDM's classifier (reference Part I §1.3).
+"""Heads on top of a backbone: the bottleneck and CGDM's classifier (``models/basenet.py``).
 
 Each head's ``dtype`` is the compute dtype of its matrix products (``bfloat16`` for
 ``precision: bf16``); parameters, biases, BatchNorm and every output are float32 (see
@@ -25,7 +25,7 @@ from uda_jax.models.layers import (
 
 
 class Bottleneck(nn.Module):
-    """Linear(in → dim), init N(0, 0.005²) and bias 0.1, no activation (``ResBottle``, §1.3.1)."""
+    """Linear(in → dim), init N(0, 0.005²) and bias 0.1, no activation (CGDM's ``ResBottle``)."""
 
     features: int
     dtype: Any = jnp.float32
@@ -43,9 +43,9 @@ class Bottleneck(nn.Module):
 
 def _dense_inits(init: str, fan_in: int):
     """(kernel_init, bias_init) of the classifier's Linear layers for ``model.classifier_init``."""
-    if init == "reference":  # utils.py::weights_init: N(0, 0.01²) for W and b
+    if init == "reference":  # CGDM's utils.py::weights_init: N(0, 0.01²) for W and b
         return normal_init(0.0, 0.01), normal_init(0.0, 0.01)
-    if init == "xavier":  # 7c2fccf:main.py init_weights_xavier_normal
+    if init == "xavier":  # CGDM's digits main.py (commit 7c2fccf): init_weights_xavier_normal
         return nn.initializers.xavier_normal(), nn.initializers.zeros
     return torch_uniform_init((0,)), torch_bias_init(fan_in)
 
@@ -53,7 +53,8 @@ def _dense_inits(init: str, fan_in: int):
 class Classifier(nn.Module):
     """CGDM's ``ResClassifier``: per hidden width, dropout → Linear → BN → ReLU; then Linear.
 
-    With widths (1000, 1000) this is exactly §1.3.2: 10 parameter tensors. Input
+    With widths (1000, 1000) this is exactly CGDM's (``num_layer=2``, ``middle=1000``): 10
+    parameter tensors. Input
     ``features: [batch, dim]`` → ``logits: [batch, num_classes]``.
     """
 
@@ -101,10 +102,10 @@ class Classifier(nn.Module):
 class BridgedClassifier(nn.Module):
     """A linear classifier ``y = fc(f)`` with an optional GVB-G bridge ``z = gvbg(f)``.
 
-    Returns ``(logits, bridge)`` with ``logits = y − z`` (GVB, reference §2.5) and ``bridge = z``
-    (zeros without a bridge). The layer names contain ``fc`` / ``gvb`` like the reference's, whose
-    inner MetaAlign step gives them a 10× multiplier. Init: N(0, 0.01²) weights, zero bias
-    (CDAN's ``fc``); Kaiming-normal for GVB's layers would differ only in scale.
+    Returns ``(logits, bridge)`` with ``logits = y − z`` (GVB-GD, Cui et al., CVPR 2020) and
+    ``bridge = z`` (zeros without a bridge). The layer names contain ``fc`` / ``gvb`` like the
+    official code's, whose inner MetaAlign step gives them a 10× multiplier. Init: N(0, 0.01²)
+    weights, zero bias (CDAN's ``fc``); Kaiming-normal for GVB's layers would differ only in scale.
     """
 
     num_classes: int
@@ -129,8 +130,8 @@ class BridgedClassifier(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """The reference ``AdversarialNetwork``: Linear → ReLU → Dropout → Linear → ReLU → Dropout,
-    then ``d = ad_layer3(h)`` and, with a GVB-D bridge, ``b = gvbd(h)``.
+    """The official code's ``AdversarialNetwork``: Linear → ReLU → Dropout → Linear → ReLU →
+    Dropout, then ``d = ad_layer3(h)`` and, with a GVB-D bridge, ``b = gvbd(h)``.
 
     Returns ``(domain logit d − b [batch], bridge b [batch])``; the probability is its sigmoid.
     Xavier-normal weights and zero biases (CDAN's ``init_weights``).

@@ -1,4 +1,4 @@
-"""Layers with PyTorch's numerics, so a faithful run matches the reference implementation
+"""Layers with PyTorch's numerics, so a faithful run matches the official PyTorch code
 (BatchNorm's running variance, PyTorch's default initialisers), and :class:`LayerOps`, the
 convolution and pooling a backbone is built from.
 """
@@ -84,7 +84,7 @@ def torch_bias_init(fan_in: int) -> nn.initializers.Initializer:
 
 
 def normal_init(mean: float, std: float) -> nn.initializers.Initializer:
-    """N(mean, std²), e.g. the reference classifier init N(0, 0.01²) or BN γ ~ N(1, 0.01²)."""
+    """N(mean, std²), e.g. the official CGDM classifier init N(0, 0.01²) or BN γ ~ N(1, 0.01²)."""
 
     def init(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
         return mean + std * jax.random.normal(key, shape, dtype)

@@ -1,5 +1,5 @@
-"""torchvision's ResNets (v1.5) as NHWC flax modules, without the final fc (the reference
-code's ResNet backbones are torchvision's).
+"""torchvision's ResNets (v1.5) as NHWC flax modules, without the final fc (the official
+CGDM and MetaAlign code's ResNet backbones are torchvision's).
 
 The layer structure, padding, initialisation and parameter count match
 ``torchvision.models.resnet{18,34,50,101,152}``: conv1 7×7/2 pad 3 → BN → ReLU → max-pool 3×3/2

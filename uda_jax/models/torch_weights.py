@@ -1,7 +1,7 @@
-"""ImageNet weights from PyTorch files into the flax backbone, and back (reference Part VII §6).
+"""ImageNet weights from PyTorch files into the flax backbone, and back.
 
-The reference code starts from torchvision's ImageNet ResNets (§1.3.1). This module reads the
-files users actually have and checks them strictly against the backbone's variables:
+The official CGDM and MetaAlign code starts from torchvision's ImageNet ResNets. This module
+reads the files users actually have and checks them strictly against the backbone's variables:
 
 * torchvision ``.pth`` state dicts, e.g. ``resnet50-11ad3fa6.pth`` (``IMAGENET1K_V2``),
   ``resnet50-0676ba61.pth`` (``IMAGENET1K_V1``, the weights of the CGDM/MetaAlign era),
