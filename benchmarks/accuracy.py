@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 from uda_jax.config import load_config
-from uda_jax.train import run
+from uda_jax.train import train_and_evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIGS = ["digits_source_only", "digits_mcd", "digits_cgdm"]
@@ -58,22 +58,10 @@ def main() -> None:
                         *filter(None, extra_overrides.split(",")),
                     ]
                     config = load_config(ROOT / "configs" / f"{name}.yaml", overrides)
-                    result = run(config, Path(config.run_dir))
+                    result = train_and_evaluate(config, Path(config.run_dir))
                     accuracies.append(result["target_accuracy"])
                     speeds.append(result["steps_per_s"])
-                    raw.append(
-                        {
-                            k: result[k]
-                            for k in (
-                                "method",
-                                "source",
-                                "target",
-                                "seed",
-                                "target_accuracy",
-                                "steps_per_s",
-                            )
-                        }
-                    )
+                    raw.append({"config": entry} | {k: result[k] for k in KEYS})
                     print(json.dumps(raw[-1]), flush=True)
                 rows.append(
                     f"| {source} → {target} | {entry} | "

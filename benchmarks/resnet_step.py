@@ -80,47 +80,57 @@ def resnet_step_seconds(dtype, batch: int, size: int, iterations: int) -> tuple[
     return time_calls(lambda s, x, y: step(s, x, y), (state, images, labels), iterations)
 
 
-def cgdm_step_seconds(batch: int, size: int, iterations: int) -> tuple[float, float]:
-    """CGDM's iteration (steps A, B, C×4 with L_GD on) with a ResNet-50 G and the official
-    heads (bottleneck 256, classifier 1000-1000-12), ``batch`` source + ``batch`` target."""
+def cgdm_experiment(batch: int, size: int, backbone: str = "resnet50"):
+    """The experiment, a filled initial state and one batch of CGDM's iteration (L_GD on) with
+    ``backbone`` as G and the official heads (bottleneck 256, classifier 1000-1000-12), on random
+    in-memory domains of ``batch`` images of ``size``×``size``×3 and 12 classes."""
     from uda_jax.config import load_config
-    from uda_jax.methods import cgdm
-    from uda_jax.methods.base import StepContext, compile_train_step
-    from uda_jax.models import build_network
-    from uda_jax.optim import build_optimizers
+    from uda_jax.data.domains import from_arrays
+    from uda_jax.experiment import build_experiment
     from uda_jax.state import TrainState
 
     config = load_config(
         None,
         [
-            "model.backbone=resnet50",
+            f"model.backbone={backbone}",
             "model.bottleneck_dim=256",
             "model.classifier_widths=[1000,1000]",
-            "method.warmup_steps=0",
+            f"data.batch_size={batch}",
+            "cgdm.warmup_steps=0",
         ],
     )
-    network = build_network(config.model, 12, cgdm.NUM_CLASSIFIERS)
-    params, stats = fill(jax.eval_shape(lambda: network.init(jax.random.key(0), (size, size, 3))))
-    optimizers = build_optimizers(
-        config.optimizer, {g: network.frozen_mask(g, t) for g, t in params.items()}
-    )
     rng = np.random.default_rng(0)
-    state = TrainState.create(
-        params,
-        stats,
-        optimizers,
-        jnp.asarray(rng.integers(0, 12, batch), jnp.int32),
-        jax.random.key(1),
-    )
+    classes = [str(k) for k in range(12)]
+
+    def domain(name: str):
+        images = rng.normal(size=(batch, size, size, 3)).astype(np.float32)
+        return from_arrays(name, images, rng.integers(0, 12, batch), class_names=classes)
+
+    source, target = domain("source"), domain("target")
+    experiment = build_experiment(config, source=source, target=target)
+    network = experiment.ctx.network
+    params, stats = fill(jax.eval_shape(lambda: network.init(jax.random.key(0), (size, size, 3))))
+    extras = experiment.method.init_extras(params, batch)
+    extras["pseudo_labels"] = jnp.asarray(rng.integers(0, 12, batch), jnp.int32)
+    state = TrainState.create(params, stats, experiment.ctx.optimizers, jax.random.key(1), extras)
     batch_data = {
-        "source_image": jnp.asarray(rng.normal(size=(batch, size, size, 3)), jnp.float32),
-        "source_label": jnp.asarray(rng.integers(0, 12, batch), jnp.int32),
-        "target_image": jnp.asarray(rng.normal(size=(batch, size, size, 3)), jnp.float32),
+        "source_image": jnp.asarray(source.train_images),
+        "source_label": jnp.asarray(source.train_labels),
+        "target_image": jnp.asarray(target.train_images),
         "target_index": jnp.arange(batch, dtype=jnp.int32),
     }
-    step = compile_train_step(cgdm.train_step, StepContext(network, optimizers, config.method))
-    key = jax.random.key(0)
-    return time_calls(lambda s, b: (step(s, b, key)[0],), (state, batch_data), iterations)
+    return experiment, state, batch_data
+
+
+def cgdm_step_seconds(batch: int, size: int, iterations: int) -> tuple[float, float]:
+    """CGDM's iteration (steps A, B, C×4 with L_GD on) with a ResNet-50 G and the official
+    heads, ``batch`` source + ``batch`` target, compiled as the training loop compiles it
+    (:func:`uda_jax.experiment.compile_train_step`, the config's ``cpu_tuning``)."""
+    from uda_jax.experiment import compile_train_step
+
+    experiment, state, batch_data = cgdm_experiment(batch, size)
+    step = compile_train_step(experiment)
+    return time_calls(step, (state, batch_data), iterations)
 
 
 def main() -> None:

@@ -5,25 +5,29 @@ iteration on the same CPU or GPU, in one process, on the same batches.
     python benchmarks/step_speed.py --device gpu --resnet-batch 0 --resnet-size 224 \
         --peak-tflops 494.7          # H100 SXM dense TF32: the MFU column
 
-JAX side: the library's own jitted loop steps (``compile_loop_step``, one per role of
-``step_roles`` that the cell's iterations use: MetaAlign's two, CGDM's after-warm-up one; chosen
-per iteration as ``make_step_fn`` chooses them), lowered and compiled once for timing,
-memory and FLOP count, built from the digits configs; batches from ``DomainPairStream``, placed
-on the device beforehand as PyTorch's are. CGDM with ``method.warmup_steps=0`` and clustered
-pseudo-labels, so L^W and the double-backprop L_GD are on. PyTorch side:
-``benchmarks/torch_reference`` (the reference code's sub-steps and optimizers). Both float32
-with each framework's default matmul/convolution precision (on an Ampere-or-newer GPU that is
-TF32 convolutions in both, TF32 dots in JAX, full float32 dots in PyTorch), same thread count on
-CPU, evaluation and pseudo-labelling excluded, compile/warm-up iterations excluded, median over
-the timed iterations; on a GPU each iteration is timed to its last kernel's end (JAX
-``block_until_ready``, ``torch.cuda.synchronize``).
+JAX side: the library's own compiled train step (``compile_train_step(experiment)``: one jitted
+``(state, batch) -> (state, metrics)`` for every iteration; MetaAlign's two roles are a traced
+branch inside it, CGDM's warm-up switch is data), lowered and compiled once for timing, memory
+and FLOP count, built from the digits configs; batches from ``PairStream``, placed on the device
+beforehand as PyTorch's are. CGDM with ``cgdm.warmup_steps=0`` and pseudo-labels from the
+method's own hook (the clustering the loop runs before step 0), so L^W and the double-backprop
+L_GD are on. PyTorch side: ``benchmarks/torch_reference`` (the official code's sub-steps and
+optimizers). Both float32 with each framework's default matmul/convolution precision (on an
+Ampere-or-newer GPU that is TF32 convolutions in both, TF32 dots in JAX, full float32 dots in
+PyTorch), same thread count on CPU, evaluation and pseudo-labelling excluded, compile/warm-up
+iterations excluded, median over the timed iterations; on a GPU each iteration is timed to its
+last kernel's end (JAX ``block_until_ready``, ``torch.cuda.synchronize``). The JAX cells use the
+config's ``cpu_tuning`` (``auto``: the library's CPU kernels on a CPU); ``--set cpu_tuning=off``
+times XLA's own convolutions instead.
 
 FLOPs (:func:`model_flops`): XLA's cost analysis of the step lowered for the CPU before
 optimisation, with step C unrolled, so the count is the model's arithmetic (every forward,
 backward and double-backward pass), not the compiler's rewrites; for MetaAlign the mean of its
-two roles. ``--peak-tflops`` turns the achieved rate into model FLOP utilisation (MFU). The
-report also gives each framework's rate for one dense float32 2048×2048 product on the device
-(:func:`matmul_gflops`), the practical peak against which both frameworks' TFLOP/s columns read.
+two roles, each counted with the role fixed (``metaalign.roles``), since XLA counts a branch's
+most expensive side. ``--peak-tflops`` turns the achieved rate into model FLOP utilisation
+(MFU). The report also gives each framework's rate for one dense float32 2048×2048 product on
+the device (:func:`matmul_gflops`), the practical peak against which both frameworks' TFLOP/s
+columns read.
 
 Peak memory. JAX: the compiled step's ``memory_analysis()``, arguments (state + batch) + XLA
 temporaries + outputs not aliased to donated inputs. PyTorch: the bytes of the persistent state
@@ -41,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import importlib.util
 import os
 import platform
@@ -57,7 +62,6 @@ except ImportError:
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = {"cgdm": "digits_cgdm", "metaalign": "digits_gvb_metaalign"}
-ROLE_HORIZON = 1000  # the cells run fewer iterations than this: the roles they use
 MB = 1024 * 1024
 
 
@@ -88,7 +92,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--resnet-batch",
         type=int,
         default=4,
-        help="per domain, ResNet-50; 0 = the config's (reference) batch: CGDM 32, MetaAlign 24",
+        help="per domain, ResNet-50; 0 = the config's batch (the official code's: CGDM 32, "
+        "MetaAlign 24)",
     )
     parser.add_argument("--resnet-size", type=int, default=64, help="image side, ResNet-50")
     parser.add_argument(
@@ -104,7 +109,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[],
         metavar="KEY=VALUE",
         help="config overrides for the JAX cells, after the cell's own (e.g. precision=bf16, "
-        "method.unroll_c=true); the PyTorch side stays float32",
+        "cgdm.unroll_c=true, cpu_tuning=off); the PyTorch side stays float32",
     )
     parser.add_argument(
         "--peak-tflops",
@@ -128,7 +133,7 @@ def cell_overrides(network: str, method: str, args: argparse.Namespace) -> list[
     """Config overrides of one table cell (on top of ``configs/<CONFIGS[method]>.yaml``)."""
     overrides = ["run_dir=/tmp", "progress=false"]
     if method == "cgdm":
-        overrides.append("method.warmup_steps=0")  # pseudo-label CE and L_GD on from step 0
+        overrides.append("cgdm.warmup_steps=0")  # pseudo-label CE and L_GD on from step 0
     if network == "resnet50":
         overrides += [
             "model.backbone=resnet50",
@@ -136,9 +141,9 @@ def cell_overrides(network: str, method: str, args: argparse.Namespace) -> list[
         ]
         if args.resnet_batch:
             overrides.append(f"data.batch_size={args.resnet_batch}")
-        if method == "cgdm":  # ResBottle's Linear(2048 → 256); GVB-GD has no bottleneck (§2.5)
+        if method == "cgdm":  # the CGDM code's ResBottle Linear(2048 → 256); GVB-GD has none
             # step C as one loop body: unrolled, the ResNet-50 step took > 15 min to compile
-            overrides += ["model.bottleneck_dim=256", "method.unroll_c=false"]
+            overrides += ["model.bottleneck_dim=256", "cgdm.unroll_c=false"]
     return overrides + list(args.jax_overrides)
 
 
@@ -153,47 +158,35 @@ def _to_rgb(domain):
 
 
 class JaxCell:
-    """The library's experiment, state, compiled step(s) and batches for one cell."""
+    """The library's experiment, state, compiled step and batches for one cell."""
 
     def __init__(self, method: str, overrides: list[str], rgb: bool = False) -> None:
         import jax
 
         from uda_jax.config import load_config
-        from uda_jax.data.pipeline import DomainPairStream
-        from uda_jax.evaluation import make_predict_fn
-        from uda_jax.experiment import build_experiment, create_train_state, step_roles
-        from uda_jax.loop_eval import refresh_pseudo_labels
-        from uda_jax.methods.base import compile_loop_step
+        from uda_jax.data.pipeline import PairStream
+        from uda_jax.data.sources import load_data_domain
+        from uda_jax.evaluation import Predictor
+        from uda_jax.experiment import build_experiment, compile_train_step, create_train_state
 
         self.config = load_config(ROOT / "configs" / f"{CONFIGS[method]}.yaml", overrides)
-        self.experiment = build_experiment(self.config)
+        data = self.config.data
+        source, target = (load_data_domain(name, data) for name in (data.source, data.target))
         if rgb:  # the grey digits repeated to 3 channels: the ResNet's RGB input
-            self.experiment = dataclasses.replace(
-                self.experiment,
-                source=_to_rgb(self.experiment.source),
-                target=_to_rgb(self.experiment.target),
-            )
+            source, target = _to_rgb(source), _to_rgb(target)
+        self.experiment = build_experiment(self.config, source=source, target=target)
         self.state = create_train_state(self.experiment)
-        if self.experiment.method.USES_PSEUDO_LABELS:  # the loop's refresh at step 0 (excluded)
-            predict_fn = make_predict_fn(self.experiment.ctx.network)
-            self.state = refresh_pseudo_labels(self.experiment, self.state, predict_fn)
-        stream = DomainPairStream(
-            self.experiment.source, self.experiment.target, self.config.data.batch_size, 0
-        )
+        hooks = self.experiment.method
+        if hooks.hook_due(0):  # the loop's host hook before step 0 (CGDM: pseudo-labels)
+            predictor = Predictor(self.experiment)
+            self.state = hooks.hook(self.state, functools.partial(predictor, self.state))
+        stream = PairStream(source, target, data.batch_size, 0)
         self.host_batches = [next(stream) for _ in range(8)]  # shared with PyTorch
         self.batches = [jax.device_put(b) for b in self.host_batches]  # on the device, as torch's
-        # the functions make_step_fn compiles: one per role, chosen by step
-        ctx = self.experiment.ctx
-        roles, self.role = step_roles(self.experiment)
-        used = {self.role(step) for step in range(ROLE_HORIZON)}  # CGDM: no warm-up role
-        roles = {k: fn for k, fn in roles.items() if k in used}
-        lowered = {
-            k: compile_loop_step(fn, ctx).lower(self.state, self.batches[0])
-            for k, fn in roles.items()
-        }
-        self.compiled = {k: lo.compile() for k, lo in lowered.items()}
-        self.flops = [model_flops(fn, ctx, self.state, self.batches[0]) for fn in roles.values()]
-        self.step = 0
+        self.compiled = (
+            compile_train_step(self.experiment).lower(self.state, self.batches[0]).compile()
+        )
+        self.flops = model_flops(self.experiment, self.state, self.batches[0])
         self._jax = jax
 
     def batch(self, i: int) -> dict[str, Any]:
@@ -203,53 +196,77 @@ class JaxCell:
     def run(self, i: int) -> float:
         """One iteration, blocked until done; its wall time in seconds."""
         start = time.perf_counter()
-        step_fn = self.compiled[self.role(self.step)]
-        self.state, _ = step_fn(self.state, self.batch(i))
+        self.state, _ = self.compiled(self.state, self.batch(i))
         self._jax.block_until_ready(self.state)
-        self.step += 1
         return time.perf_counter() - start
 
     def flops_per_iteration(self) -> float | None:
-        """The mean model FLOPs of one iteration over the roles, None if XLA gives no count."""
-        return None if None in self.flops else sum(self.flops) / len(self.flops)
+        """The model FLOPs of one iteration (:func:`model_flops`), None if XLA gives no count."""
+        return self.flops
 
     def peak_bytes(self) -> int:
-        """The largest ``memory_analysis()`` total over the compiled step functions: arguments
-        (state + batch) + XLA temporaries + outputs not aliased to donated inputs."""
-        peaks = []
-        for fn in self.compiled.values():
-            m = fn.memory_analysis()
-            outputs = m.output_size_in_bytes - m.alias_size_in_bytes
-            peaks.append(m.argument_size_in_bytes + m.temp_size_in_bytes + outputs)
-        return max(peaks)
+        """The compiled step's ``memory_analysis()``: arguments (state + batch) + XLA
+        temporaries + outputs not aliased to donated inputs."""
+        m = self.compiled.memory_analysis()
+        outputs = m.output_size_in_bytes - m.alias_size_in_bytes
+        return m.argument_size_in_bytes + m.temp_size_in_bytes + outputs
 
 
-def model_flops(train_step, ctx, state, batch) -> float | None:
-    """XLA's FLOP count of one loop step, None where XLA gives none.
+def counting_variants(method) -> list:
+    """The method as :func:`model_flops` counts it: step C unrolled (``unroll_c``), and a
+    method with alternating roles (``roles``) once per role with the role fixed."""
+    if not dataclasses.is_dataclass(method.config):
+        return [method]
+    fields = {f.name for f in dataclasses.fields(method.config)}
+    configs = [method.config]
+    if "unroll_c" in fields:
+        configs = [dataclasses.replace(c, unroll_c=True) for c in configs]
+    if "roles" in fields and method.config.roles == "alternate":
+        configs = [
+            dataclasses.replace(c, roles=role)
+            for c in configs
+            for role in ("cls_first", "align_first")
+        ]
+    variants = [dataclasses.replace(method, config=c) for c in configs]
+    base = getattr(method, "base", None)  # MetaAlign: its base method's step C, if any
+    if base is not None:
+        variants = [dataclasses.replace(v, base=counting_variants(base)[0]) for v in variants]
+    return variants
+
+
+def model_flops(experiment, state, batch) -> float | None:
+    """XLA's FLOP count of one training iteration, None where XLA gives none.
 
     Counted on the step lowered for the CPU from abstract shapes, before optimisation: every
     forward, backward and double-backward pass as the step writes them, whatever device runs it
     (the GPU plugin cannot analyse that stage, and its optimised module hides the cuDNN
-    convolutions from the count). Step C is unrolled for the count: XLA counts a loop body once.
+    convolutions from the count). Step C is unrolled for the count (XLA counts a loop body
+    once), and a method that alternates roles is counted once per role and averaged (XLA counts
+    a ``lax.cond`` as its most expensive branch).
     """
     import jax
     import jax.numpy as jnp
 
-    from uda_jax.methods.base import compile_loop_step
+    from uda_jax.experiment import compile_train_step
 
-    ctx = dataclasses.replace(ctx, method=dataclasses.replace(ctx.method, unroll_c=True))
     abstract = lambda tree: jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), tree
     )
-    try:
-        traced = compile_loop_step(train_step, ctx).trace(abstract(state), abstract(batch))
-        cost = traced.lower(lowering_platforms=("cpu",)).cost_analysis()
-    except Exception:  # not every JAX version offers cross-platform lowering or the analysis
-        return None
-    if isinstance(cost, list | tuple):  # older JAX: one dict per computation
-        cost = cost[0] if cost else None
-    flops = cost.get("flops") if isinstance(cost, dict) else None
-    return float(flops) if flops else None
+    counts = []
+    for method in counting_variants(experiment.method):
+        step = compile_train_step(dataclasses.replace(experiment, method=method))
+        try:
+            traced = step.trace(abstract(state), abstract(batch))
+            cost = traced.lower(lowering_platforms=("cpu",)).cost_analysis()
+        except Exception:  # not every JAX version offers cross-platform lowering or the analysis
+            return None
+        if isinstance(cost, list | tuple):  # older JAX: one dict per computation
+            cost = cost[0] if cost else None
+        flops = cost.get("flops") if isinstance(cost, dict) else None
+        if not flops:
+            return None
+        counts.append(float(flops))
+    return sum(counts) / len(counts)
 
 
 class TorchCell:
@@ -270,8 +287,9 @@ class TorchCell:
             bottleneck_dim=config.model.bottleneck_dim,
             num_classes=num_classes,
         )
-        m, o = config.method, config.optimizer
+        o = config.optimizer
         if method == "cgdm":
+            m = config.cgdm
             settings = cgdm.CGDMSettings(
                 **common,
                 widths=tuple(config.model.classifier_widths),
@@ -288,6 +306,14 @@ class TorchCell:
             )
             self.iteration = cgdm.CGDMIteration(settings, device=device)
         else:
+            meta = config.metaalign
+            m = config.section(meta.base)
+            schedule = o.schedule
+            if meta.base != "gvb" or schedule.name != "inv":
+                raise SystemExit(
+                    "step_speed: the PyTorch MetaAlign iteration is GVB-GD's with the inv "
+                    f"schedule, not metaalign.base={meta.base}, schedule {schedule.name}"
+                )
             settings = metaalign.MetaAlignSettings(
                 **common,
                 hidden=config.model.discriminator_hidden,
@@ -296,14 +322,16 @@ class TorchCell:
                 weight_decay=o.weight_decay,
                 momentum=o.kwargs.get("momentum", 0.0),
                 head_lr_mult=o.groups["f"].lr_mult,
-                meta_lr=config.metaalign.meta_lr,
+                meta_lr=meta.meta_lr,
                 trade_off=m.trade_off,
-                gamma=o.schedule_gamma,
-                power=o.schedule_power,
+                gamma=schedule.kwargs.get("gamma", 0.001),  # optim.inv_schedule's defaults
+                power=schedule.kwargs.get("power", 0.75),
                 max_iter=m.grl_max_iter,
             )
             self.iteration = metaalign.MetaAlignIteration(settings, device=device)
-        pseudo = np.asarray(jax_cell.state.pseudo_labels)
+        pseudo = jax_cell.state.extras.get("pseudo_labels")  # CGDM's; the others have none
+        pseudo = None if pseudo is None else np.asarray(pseudo)
+        target_labels = lambda rows: np.zeros_like(rows) if pseudo is None else pseudo[rows]
         nchw = lambda a: np.ascontiguousarray(np.transpose(a, (0, 3, 1, 2)))
         on_device = lambda a: torch.from_numpy(a).to(device)
         self.batches = [
@@ -311,7 +339,7 @@ class TorchCell:
                 on_device(nchw(b["source_image"])),
                 on_device(b["source_label"]).long(),
                 on_device(nchw(b["target_image"])),
-                on_device(pseudo[b["target_index"]]).long(),
+                on_device(target_labels(b["target_index"])).long(),
             )
             for b in jax_cell.host_batches
         ]
@@ -527,7 +555,7 @@ def main(argv: list[str] | None = None) -> int:
             iterations = args.iterations
             if network == "resnet50" and args.resnet_iterations:
                 iterations = args.resnet_iterations
-            warmup = max(args.warmup, 2)  # MetaAlign alternates two compiled roles
+            warmup = max(args.warmup, 2)  # both of MetaAlign's roles run before the timing
             runs = {"jax": jax_cell.run, "torch": torch_cell.run}
             for run in runs.values():
                 for i in range(warmup):

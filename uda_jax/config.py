@@ -202,8 +202,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     new_optimizer = dict(parsed).get("optimizer.name")
     if new_optimizer is not None and new_optimizer != raw.get("optimizer", {}).get("name"):
         _clear_optimizer_kwargs(raw)
-    new_method = dict(parsed).get("method.name")
-    if new_method is not None and new_method != _method_name(raw):
+    if any(key.startswith("method.") or key.endswith(".base") for key, _ in parsed):
         _drop_unused_sections(raw, parsed)
     for key, value in parsed:
         _set_dotted(raw, key, value)
@@ -240,13 +239,21 @@ def _method_name(raw: dict[str, Any]) -> Any:
 
 
 def _drop_unused_sections(raw: dict[str, Any], parsed: list[tuple[str, Any]]) -> None:
-    """Removes the lower layers' method sections that the overridden method does not read."""
+    """Removes the lower layers' method sections that the method chosen by the overrides does
+    not read, when the overrides change which sections that is (``method.name``, a wrapper's
+    ``base``)."""
     from uda_jax.methods.registry import method_sections
 
     after = copy.deepcopy(raw)
     for key, value in parsed:
         _set_dotted(after, key, value)
     wanted = method_sections(_method_name(after), after)
+    try:
+        before = method_sections(_method_name(raw), raw)
+    except UserError:
+        before = {}
+    if set(before) == set(wanted):
+        return
     for key in [k for k in raw if k not in FIXED_SECTIONS and k not in wanted]:
         del raw[key]
 
