@@ -6,22 +6,28 @@ A checkpoint is one orbax step directory ``<run_dir>/checkpoints/<step>`` holdin
   states, pseudo-labels, the PRNG key as raw key data, method extras);
 - ``data``: the position of the training batch streams (JSON), so a resumed run sees exactly the
   batches it would have seen;
-- ``meta``: JSON with the step, the latest evaluation metrics and the config hash.
+- ``meta``: JSON with the step, the latest evaluation metrics, the SHA-256 of every saved
+  array, and the config fields that change the numbers (with their hash).
 
 Orbax writes each step to a temporary directory and renames it when complete, so a save that is
-killed half-way is never listed. A step directory that is listed but cannot be read (damaged
-afterwards) is skipped with a warning and the previous one is used.
+killed half-way is never listed. Every restore recomputes the arrays' checksums and compares
+them, and the config fields with those of the run that restores: a damaged checkpoint or one of
+another experiment is never used silently. Resuming skips a damaged newest checkpoint with a
+warning and uses the previous one; a foreign config stops with the fields that differ.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 import sys
 from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from uda_jax.config import CheckpointConfig
@@ -58,6 +64,41 @@ def _from_tree(tree: dict[str, PyTree], like: TrainState) -> TrainState:
     return TrainState(**{**tree, "key": key})
 
 
+def _host_copy(x: Any) -> np.ndarray:
+    """The value of a (replicated) array on this host."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        x = x.addressable_data(0)
+    return np.ascontiguousarray(np.asarray(x))
+
+
+def checksums(tree: PyTree) -> dict[str, str]:
+    """SHA-256 of every array of ``tree`` (its bytes, dtype and shape), by tree path."""
+    sums = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        value = _host_copy(leaf)
+        digest = hashlib.sha256(f"{value.dtype}{value.shape}".encode())
+        digest.update(value.tobytes())
+        sums[jax.tree_util.keystr(path)] = digest.hexdigest()
+    return sums
+
+
+def identity_hash(identity: dict[str, Any]) -> str:
+    """SHA-256 of the config fields that change the numbers."""
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def _differences(saved: Any, current: Any, where: str = "") -> list[str]:
+    """The dotted keys whose values differ between two nested dicts."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        keys = sorted(set(saved) | set(current))
+        return [d for k in keys for d in _differences(saved.get(k), current.get(k), f"{where}{k}.")]
+    return [] if saved == current else [where.rstrip(".")]
+
+
+class ConfigMismatch(UserError):
+    """A checkpoint of another experiment: resuming or evaluating it would be wrong."""
+
+
 def _abstract(tree: PyTree) -> PyTree:
     """Shape, dtype and sharding of every array: the target a restore fills in."""
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
@@ -67,10 +108,20 @@ class Checkpointer:
     """Saves and restores a run's checkpoints in ``directory``.
 
     Keeps the latest ``config.keep`` steps and, with ``config.keep_best``, also the step with
-    the best target accuracy in its metadata.
+    the best target accuracy in its metadata. ``identity``: the config fields that change the
+    numbers (:func:`uda_jax.run_dir.training_fields`), written with every save and checked by
+    every restore (None: not checked). ``read_only``: never create, clean or write anything
+    (what ``evaluate`` uses next to a running training).
     """
 
-    def __init__(self, directory: Path, config: CheckpointConfig):
+    def __init__(
+        self,
+        directory: Path,
+        config: CheckpointConfig,
+        *,
+        identity: dict[str, Any] | None = None,
+        read_only: bool = False,
+    ):
         policies: list[Any] = [ocp.checkpoint_managers.LatestN(n=config.keep)]
         if config.keep_best:
             policies.append(
@@ -80,15 +131,24 @@ class Checkpointer:
                     keep_checkpoints_without_metrics=False,
                 )
             )
-        options = ocp.CheckpointManagerOptions(
-            preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
-            create=True,
-            cleanup_tmp_directories=True,
-        )
         self.directory = Path(directory).absolute()
-        self._manager = ocp.CheckpointManager(
-            self.directory, options=options, item_names=("state", "data", "meta")
-        )
+        self.identity = identity
+        absl = logging.getLogger("absl")
+        level = absl.level
+        if read_only:  # orbax warns that a read-only manager is read-only
+            absl.setLevel(logging.ERROR)
+        try:
+            options = ocp.CheckpointManagerOptions(
+                preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
+                create=not read_only,
+                cleanup_tmp_directories=not read_only,
+                read_only=read_only,
+            )
+            self._manager = ocp.CheckpointManager(
+                self.directory, options=options, item_names=("state", "data", "meta")
+            )
+        finally:
+            absl.setLevel(level)
 
     def steps(self) -> list[int]:
         """Complete checkpoints, oldest first."""
@@ -101,12 +161,16 @@ class Checkpointer:
         if step in self._manager.all_steps():
             self._manager.delete(step)
         metrics = {BEST_METRIC: meta["eval"][BEST_METRIC]} if BEST_METRIC in meta["eval"] else None
+        tree = _to_tree(state)
+        proof: dict[str, Any] = {"checksums": checksums(tree)}
+        if self.identity is not None:
+            proof |= {"config": self.identity, "config_hash": identity_hash(self.identity)}
         self._manager.save(
             step,
             args=ocp.args.Composite(
-                state=ocp.args.StandardSave(_to_tree(state)),
+                state=ocp.args.StandardSave(tree),
                 data=ocp.args.JsonSave(data_state),
-                meta=ocp.args.JsonSave({**meta, "step": step}),
+                meta=ocp.args.JsonSave({**meta, **proof, "step": step}),
             ),
             metrics=metrics,
             force=True,
@@ -117,7 +181,9 @@ class Checkpointer:
         """Checkpoint ``step`` into arrays shaped and sharded like ``like``.
 
         Raises:
-          UserError: the checkpoint cannot be read or does not fit ``like`` (another config).
+          UserError: the checkpoint cannot be read, does not fit ``like``, or its arrays differ
+            from their checksums (damaged).
+          ConfigMismatch: it was saved by a run whose number-changing config fields differ.
         """
         try:
             out = self._manager.restore(
@@ -133,7 +199,26 @@ class Checkpointer:
             raise UserError(
                 f"checkpoint {self.directory / str(step)} cannot be restored: {first[:300]}"
             ) from None
+        self._verify(step, out.state, out.meta)
         return Restored(step, _from_tree(out.state, like), out.data, out.meta)
+
+    def _verify(self, step: int, tree: PyTree, meta: dict[str, Any]) -> None:
+        """Checks the restored arrays against their checksums and the config against ours."""
+        where = self.directory / str(step)
+        saved = meta.get("checksums")
+        if saved is None:
+            raise UserError(f"checkpoint {where} has no checksums (written by an older uda-jax)")
+        damaged = sorted(k for k, v in checksums(tree).items() if saved.get(k) != v)
+        if damaged or set(saved) != set(checksums(tree)):
+            first = damaged[0] if damaged else "the set of arrays"
+            raise UserError(f"checkpoint {where} is damaged: {first} differs from its checksum")
+        if self.identity is not None and meta.get("config_hash") != identity_hash(self.identity):
+            fields = _differences(meta.get("config", {}), self.identity)
+            raise ConfigMismatch(
+                f"checkpoint of step {step} in {self.directory} belongs to another experiment "
+                f"(config fields that differ: {', '.join(fields[:8]) or 'unknown'}); "
+                "use the same config or another run_dir"
+            )
 
     def restore_latest(self, like: TrainState) -> Restored | None:
         """The newest checkpoint that can be read, or None when there is none.
@@ -148,6 +233,8 @@ class Checkpointer:
         for step in reversed(steps):
             try:
                 return self.restore(step, like)
+            except ConfigMismatch:
+                raise
             except UserError as err:
                 errors.append(str(err))
                 print(f"warning: {err}; trying an older checkpoint", file=sys.stderr)

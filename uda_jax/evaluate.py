@@ -29,6 +29,7 @@ from uda_jax.data.sources import AnyDomain, domain_batches, load_data_domain, sp
 from uda_jax.errors import UserError, did_you_mean
 from uda_jax.evaluation import classification_metrics, predict_batches
 from uda_jax.experiment import build_experiment, compile_predict, create_train_state
+from uda_jax.run_dir import training_fields
 
 USAGE = "usage: python -m uda_jax.evaluate RUN_DIR_OR_CHECKPOINT [key=value ...]"
 KEYS = {"domain": str, "split": str, "step": int, "features": str, "json": bool}
@@ -92,16 +93,19 @@ def evaluate(path: Path, options: dict[str, Any]) -> dict[str, Any]:
     checkpoints = run_dir / "checkpoints"
     if not checkpoints.is_dir():
         raise UserError(f"run {run_dir} has no checkpoints")
-    with Checkpointer(checkpoints, config.checkpoint) as checkpointer:
+    identity = training_fields(config)
+    with Checkpointer(
+        checkpoints, config.checkpoint, identity=identity, read_only=True
+    ) as checkpointer:
+        steps = checkpointer.steps()
+        if not steps:
+            raise UserError(f"run {run_dir} has no complete checkpoint")
         if step is None:
-            restored = checkpointer.restore_latest(like)
-            if restored is None:
-                raise UserError(f"run {run_dir} has no complete checkpoint")
-        else:
-            if step not in checkpointer.steps():
-                steps = ", ".join(map(str, checkpointer.steps())) or "none"
-                raise UserError(f"run {run_dir} has no checkpoint of step {step} (it has {steps})")
-            restored = checkpointer.restore(step, like)
+            step = steps[-1]  # the newest; a damaged one is refused, never replaced silently
+        if step not in steps:
+            listed = ", ".join(map(str, steps))
+            raise UserError(f"run {run_dir} has no checkpoint of step {step} (it has {listed})")
+        restored = checkpointer.restore(step, like)
     domain = _domain(experiment, options.get("domain"))
     split = options["split"]
     labels = split_labels(domain, split)

@@ -9,9 +9,12 @@ with a hash of the config, so the same command finds its own unfinished run.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,15 +38,15 @@ RESUMABLE_CHANGES = frozenset(
 )
 
 
-def _training_part(config: Config | dict[str, Any]) -> dict[str, Any]:
-    """The config without the keys that do not change what is trained."""
+def training_fields(config: Config | dict[str, Any]) -> dict[str, Any]:
+    """The config as plain data without the keys that do not change what is trained."""
     data = to_dict(config) if not isinstance(config, dict) else config
     return {k: v for k, v in data.items() if k not in RESUMABLE_CHANGES}
 
 
 def config_hash(config: Config) -> str:
     """Eight hex digits that identify what ``config`` trains."""
-    text = json.dumps(_training_part(config), sort_keys=True)
+    text = json.dumps(training_fields(config), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
@@ -90,7 +93,7 @@ def resolve_run_dir(config: Config) -> tuple[Path, bool]:
         raise UserError(
             f"run_dir {run_dir} holds an unreadable config.yaml; choose another run_dir"
         ) from None
-    difference = _first_difference(_training_part(old or {}), _training_part(config))
+    difference = _first_difference(training_fields(old or {}), training_fields(config))
     if difference:
         raise UserError(
             f"run_dir {run_dir} holds a run with another config ({difference}); resume it with "
@@ -126,3 +129,32 @@ def truncate_metrics(path: Path, last_step: int) -> None:
         if isinstance(record, dict) and record.get("step", last_step + 1) <= last_step:
             kept.append(line + "\n")
     write_atomic(path, "".join(kept))
+
+
+@contextlib.contextmanager
+def exclusive(run_dir: Path) -> Iterator[None]:
+    """Holds ``<run_dir>/.lock`` for one training at a time (an ``flock``, which the system
+    releases when the process ends, so a killed run never leaves it stuck).
+
+    Raises:
+      UserError: another process holds it.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ".lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "another process"
+            raise UserError(
+                f"run_dir {run_dir} is in use by a running training ({owner}); wait for it to "
+                "finish or choose another run_dir"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

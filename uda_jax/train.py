@@ -51,7 +51,14 @@ from uda_jax.parallel import (
     replicate,
     shard_batch,
 )
-from uda_jax.run_dir import resolve_run_dir, truncate_metrics, write_atomic, write_config
+from uda_jax.run_dir import (
+    exclusive,
+    resolve_run_dir,
+    training_fields,
+    truncate_metrics,
+    write_atomic,
+    write_config,
+)
 from uda_jax.state import TrainState
 
 USAGE = "usage: python -m uda_jax.train [CONFIG.yaml] [key=value ...]"
@@ -84,15 +91,21 @@ def train_and_evaluate(
         experiment.source, experiment.target, config.data, config.seed,
         jax.process_index(), jax.process_count(),
     )  # fmt: skip
-    restored = _restore(config, run_dir, state)
-    start, eval_metrics = 0, {}
+    is_main = jax.process_index() == 0  # one process writes the run directory
+    with exclusive(run_dir) if is_main else contextlib.nullcontext():
+        restored = _restore(config, run_dir, state)
+        if is_main:
+            write_config(run_dir, config)
+            truncate_metrics(run_dir / "metrics.jsonl", 0 if restored is None else restored.step)
+        return _train(experiment, run_dir, mesh, state, stream, restored, is_main)
+
+
+def _train(experiment, run_dir, mesh, state, stream, restored, is_main) -> dict[str, Any]:
+    """The training loop of :func:`train_and_evaluate`, from ``state`` (restored or fresh)."""
+    config, start, eval_metrics = experiment.config, 0, {}
     if restored is not None:
         state, start, eval_metrics = restored.state, restored.step, restored.meta["eval"]
         stream.set_state(restored.data_state)
-    is_main = jax.process_index() == 0  # one process writes the run directory
-    if is_main:
-        write_config(run_dir, config)
-        truncate_metrics(run_dir / "metrics.jsonl", start)
     method, train_step = experiment.method, compile_train_step(experiment)
     predictor, clock = Predictor(experiment), StepClock(start, config.steps)
     with _session(config, run_dir, start, method.metrics, is_main, stream) as out:
@@ -152,12 +165,13 @@ class _Session:
 @contextlib.contextmanager
 def _session(config: Config, run_dir: Path, start: int, shown, is_main: bool, stream):
     """The open outputs of a training run (closed, and the stream released, on exit)."""
+    identity = training_fields(config)
     tensorboard_dir = run_dir / "tensorboard" if config.tensorboard and is_main else None
     metrics_path = run_dir / "metrics.jsonl" if is_main else None
     with (
         contextlib.closing(stream),
         StopSignals() as signals,
-        Checkpointer(run_dir / "checkpoints", config.checkpoint) as checkpointer,
+        Checkpointer(run_dir / "checkpoints", config.checkpoint, identity=identity) as checkpointer,
         MetricsWriter(metrics_path, tensorboard_dir, start) as writer,
         ProgressBar(config.steps, config.progress and is_main, start, shown) as progress,
     ):
@@ -206,8 +220,9 @@ def _restore(config: Config, run_dir: Path, like: TrainState) -> Restored | None
     # process 0 may be creating the directory while another process looks for it
     if not process_0_decides((run_dir / "checkpoints").is_dir()):
         return None
-    with Checkpointer(run_dir / "checkpoints", config.checkpoint) as checkpointer:
-        restored = checkpointer.restore_latest(like)
+    identity = training_fields(config)
+    with Checkpointer(run_dir / "checkpoints", config.checkpoint, identity=identity) as ckpt:
+        restored = ckpt.restore_latest(like)
     if restored is not None and restored.step > config.steps:
         raise UserError(
             f"run_dir {run_dir} has a checkpoint at step {restored.step}, past steps="
