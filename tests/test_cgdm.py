@@ -1,4 +1,5 @@
-"""CGDM's gradient discrepancy (reference §1.6) against independent float64 computations."""
+"""CGDM's gradient discrepancy L_GD against independent float64 computations: finite-difference
+gradients, PyTorch 1.6's cosine, and its own gradient with respect to the features."""
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +16,7 @@ COS_EPS = 1e-8
 
 @pytest.fixture
 def tiny(float64):
-    """A §1.3.2-shaped classifier (dropout → Linear → BN → ReLU → Linear), float64 params."""
+    """A classifier shaped as CGDM's (dropout → Linear → BN → ReLU → Linear), float64 params."""
     model = Classifier(num_classes=3, widths=(5,), dropout=0.0)
     rng = np.random.default_rng(0)
     features = jnp.asarray(rng.normal(size=(2 * B, 4)))
@@ -57,7 +58,7 @@ def _pytorch16_cosine(x, y):
 
 
 def _numpy_gradient_discrepancy(grads_s, grads_t):
-    """§1.6 written out: row-wise cosine over each torch weight row, averaged; 1 − cos; mean."""
+    """L_GD written out: row-wise cosine over each torch weight row, averaged; 1 − cos; mean."""
     terms = []
     for gs, gt in zip(jax.tree.leaves(grads_s), jax.tree.leaves(grads_t), strict=True):
         if gs.ndim == 2:  # flax kernel [in, out]: torch row j is column j
@@ -92,7 +93,8 @@ def test_gradient_discrepancy_matches_finite_difference_gradients(tiny):
 
 
 def test_linear_bias_before_batchnorm_has_zero_gradient_and_zero_cosine(tiny):
-    """Part VII §2: BN removes the mean, so these biases' gradients are round-off only."""
+    """BatchNorm removes the mean, so these biases' gradients are round-off only, and their
+    cosine must be ≈ 0 (not ±1 from normalising round-off)."""
     logits, params, features, labels_s, _ = tiny
     grads = jax.grad(lambda p: losses.cross_entropy(logits(p, features)[:B], labels_s))(params)
     assert np.max(np.abs(grads["fc0"]["bias"])) < 1e-12

@@ -1,4 +1,5 @@
-"""Losses against independent numpy computations (reference Part I §1.4, §1.6)."""
+"""Losses against independent numpy computations: CE, the classifier discrepancy, the entropy
+terms, the pseudo-label weighted CE, and the cosine pieces of CGDM's gradient discrepancy."""
 
 import jax
 import jax.numpy as jnp

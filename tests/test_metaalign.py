@@ -1,6 +1,8 @@
-"""MetaAlign's meta-gradient (reference Part II §2.3) against independent float64 computations,
-and the MetaAlign train step around each adversarial method."""
+"""MetaAlign's meta-gradient against independent float64 computations, and the MetaAlign step
+around each adversarial method: alternating roles in one compiled step, the fast discriminator,
+the meta-gradient's norm, and its config (an adversarial base only)."""
 
+import dataclasses
 import itertools
 
 import jax
@@ -10,12 +12,10 @@ import pytest
 from flax import linen as nn
 
 from uda_jax.config import load_config
-from uda_jax.methods import METHODS, metaalign
-from uda_jax.methods.base import StepContext
-from uda_jax.models import build_network
+from uda_jax.errors import UserError
+from uda_jax.methods import lookup, metaalign, names
+from uda_jax.methods.adversarial import Adversarial
 from uda_jax.models.layers import BatchNorm
-from uda_jax.optim import build_optimizers
-from uda_jax.state import TrainState
 
 
 class _SmallNet(nn.Module):
@@ -137,71 +137,96 @@ def test_inner_multipliers_use_the_longest_matching_prefix():
     assert mults == {"g": {"conv": 1.0}, "f": {"fc": 10.0}, "d": {"ad_layer1": 2.0, "gvbd": 10.0}}
 
 
-B = 4
+BASES = [name for name in names() if issubclass(lookup(name), Adversarial)]
 
 
-def _setup(method, order):
-    config = load_config(
-        None,
-        [
-            f"method.name={method}",
-            "metaalign.enabled=true",
-            f"metaalign.order={order}",
-            "metaalign.meta_lr=10",
-            "model.bottleneck_dim=16",
-            "model.discriminator_hidden=16",
-            "optimizer.groups={}",
-        ],
-    )
-    module = METHODS[method]
-    network = build_network(config.model, 10, 1, **module.NETWORK)
-    params, stats = network.init(jax.random.key(0), (32, 32, 1))
-    optimizers = build_optimizers(config.optimizer, jax.tree.map(lambda _: False, params))
-    ctx = StepContext(network, optimizers, config.method, config.metaalign)
-    state = TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        batch_stats=stats,
-        opt_state={g: o.init(params[g]) for g, o in optimizers.items()},
-        pseudo_labels=jnp.zeros((B,), jnp.int32),
-        key=jax.random.key(1),
-        extras=metaalign.init_extras(params),
-    )
-    rng = np.random.default_rng(0)
-    batch = {
-        "source_image": jnp.asarray(rng.normal(size=(B, 32, 32, 1)), jnp.float32),
-        "source_label": jnp.asarray(rng.integers(0, 10, B), jnp.int32),
-        "target_image": jnp.asarray(rng.normal(size=(B, 32, 32, 1)), jnp.float32),
-        "target_index": jnp.arange(B, dtype=jnp.int32),
-    }
-    return ctx, state, batch
+def _tiny_metaalign(tiny_experiment, base, *overrides):
+    """MetaAlign around ``base`` (the default base gvb shares the tiny experiment of every other
+    test of ``metaalign``)."""
+    if base != metaalign.MetaAlignConfig().base:
+        overrides = (f"metaalign.base={base}", *overrides)
+    tiny = tiny_experiment("metaalign", *overrides)
+    assert tiny.method.base.name == base
+    return tiny
 
 
-@pytest.mark.parametrize("method", ["dann", "cdan", "cdan_e", "gvb"])
-def test_metaalign_step_alternates_roles_and_keeps_the_fast_discriminator(method):
-    ctx, state, batch = _setup(method, "first")
-    step = jax.jit(lambda s, b, k: metaalign.train_step(s, b, k, ctx=ctx))
-    d_before = jax.tree.map(np.asarray, state.params["d"])
+def test_the_bases_are_the_adversarial_methods():
+    assert BASES == ["cdan", "cdan_e", "dann", "gvb"]
+    assert metaalign.MetaAlignConfig().base in BASES
+
+
+@pytest.mark.parametrize("base", BASES)
+def test_metaalign_step_alternates_roles_and_keeps_the_fast_discriminator(tiny_experiment, base):
+    tiny = _tiny_metaalign(tiny_experiment, base)
+    assert set(tiny.method.metrics) >= {"meta_grad_norm", "meta_align_first"}
+    assert "grad_norm" not in tiny.method.metrics
+    state = tiny.state
+    _tree_close(state.extras["d_fast"], state.params["d"], rtol=0, atol=0)  # θ_D at the start
     branches = []
-    for i in range(3):
-        new_state, metrics = step(state, batch, jax.random.key(i))
+    for i in range(4):
+        new_state, metrics = tiny.step(state, tiny.batch, jax.random.key(i))
         branches.append(float(metrics["train/meta_align_first"]))
         assert all(np.isfinite(float(v)) for v in metrics.values())
+        assert float(metrics["train/meta_grad_norm"]) > 0
+        assert int(new_state.step) == i + 1
         if branches[-1] == 1.0:  # align first: θ'_D = θ_D − α g_D is kept for the next cls-first
             changed = jax.tree.map(
-                lambda a, b: not np.allclose(a, b), new_state.extras["d_fast"], d_before
+                lambda a, b: not np.allclose(a, b), new_state.extras["d_fast"], state.params["d"]
             )
             assert any(jax.tree.leaves(changed))
+        else:  # cls first reads the fast discriminator and keeps it
+            _tree_close(new_state.extras["d_fast"], state.extras["d_fast"], rtol=0, atol=0)
+        changed = jax.tree.map(lambda a, b: not np.allclose(a, b), new_state.params, state.params)
+        assert all(any(jax.tree.leaves(changed[group])) for group in ("g", "f", "d"))
         state = new_state
-        d_before = jax.tree.map(np.asarray, state.params["d"])
-    assert branches == [0.0, 1.0, 0.0]
+    assert branches == [0.0, 1.0, 0.0, 1.0]
 
 
-def test_lax_cond_step_equals_the_host_chosen_branch():
-    ctx, state, batch = _setup("gvb", "second")
-    cond_step = jax.jit(lambda s, b, k: metaalign.train_step(s, b, k, ctx=ctx))
-    host_step = jax.jit(lambda s, b, k: metaalign.branch_step(s, b, k, ctx=ctx, align_first=False))
-    a, ma = cond_step(state, batch, jax.random.key(0))
-    b, mb = host_step(state, batch, jax.random.key(0))
-    _tree_close(a.params, b.params, rtol=1e-5, atol=1e-7)
-    assert float(ma["train/loss_cls"]) == pytest.approx(float(mb["train/loss_cls"]), rel=1e-6)
+def test_one_traced_branch_equals_each_fixed_role_and_compiles_once(tiny_experiment):
+    """``roles: alternate`` is one ``lax.cond`` on the iteration: at an even step it is the
+    cls-first iteration (``roles: cls_first``), at an odd step the align-first one, and one
+    trace and compilation serve both."""
+    tiny = _tiny_metaalign(tiny_experiment, "gvb", "metaalign.order=second")
+    method = tiny.method
+    assert method.config.roles == "alternate"
+    traces = []
+
+    def counted(state, batch, key):
+        traces.append(1)
+        return method.step(tiny.ctx, state, batch, key)
+
+    step = tiny.jit(counted)
+    fixed = {
+        role: tiny.step_of(
+            dataclasses.replace(method, config=dataclasses.replace(method.config, roles=role))
+        )
+        for role in ("cls_first", "align_first")
+    }
+    for index in range(4):
+        state = tiny.state.replace(step=jnp.asarray(index, jnp.int32))
+        key = jax.random.key(10 + index)
+        got, metrics = step(state, tiny.batch, key)
+        role = "align_first" if index % 2 else "cls_first"
+        expected, expected_metrics = fixed[role](state, tiny.batch, key)
+        other, _ = fixed["cls_first" if index % 2 else "align_first"](state, tiny.batch, key)
+        assert float(metrics["train/meta_align_first"]) == float(index % 2)
+        assert metrics.keys() == expected_metrics.keys()
+        for name in metrics:
+            np.testing.assert_allclose(metrics[name], expected_metrics[name], rtol=1e-5, atol=1e-7)
+        _tree_close(got.params, expected.params, rtol=1e-6, atol=1e-7)
+        _tree_close(got.batch_stats, expected.batch_stats, rtol=1e-6, atol=1e-7)
+        _tree_close(got.extras, expected.extras, rtol=1e-6, atol=1e-7)
+        differs = jax.tree.map(lambda a, b: not np.allclose(a, b), got.params, other.params)
+        assert any(jax.tree.leaves(differs))  # the two roles are different iterations
+    assert len(traces) == 1
+    assert step._cache_size() == 1
+
+
+@pytest.mark.parametrize("base", ["cgdm", "mcd", "source_only", "metaalign", "no_such_method"])
+def test_a_non_adversarial_base_is_a_user_error_naming_the_valid_bases(base):
+    with pytest.raises(UserError) as info:
+        load_config(None, ["method.name=metaalign", f"metaalign.base={base}"])
+    message = str(info.value)
+    assert "\n" not in message
+    assert "metaalign.base" in message and repr(base) in message
+    assert all(name in message for name in BASES)

@@ -185,7 +185,8 @@ FIXED_SECTIONS = tuple(f.name for f in dataclasses.fields(Config) if f.name != "
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
     """Reads a YAML config (or the defaults), applies ``a.b=value`` overrides and validates.
 
-    Layers, lowest first: the defaults, the file, the overrides. A mapping given in a file
+    ``path`` is a YAML file or the name of a packaged config (``digits_cgdm``). Layers, lowest
+    first: the defaults, the file, the overrides. A mapping given in a file
     (``optimizer.kwargs``, ``optimizer.groups``) replaces the default one whole. An override
     that changes ``optimizer.name`` clears the optimizer keyword arguments of the lower layers
     (they were meant for the other optimizer); one that changes ``method.name`` drops the file's
@@ -197,7 +198,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     """
     raw = to_dict(_fixed_defaults())
     if path is not None:
-        raw = _merge(Config, raw, _expand_names(_read_yaml(Path(path))))
+        raw = _merge(Config, raw, _expand_names(_read_yaml(resolve_config_path(path))))
     parsed = [_named_override(*_parse_override(item)) for item in overrides]
     new_optimizer = dict(parsed).get("optimizer.name")
     if new_optimizer is not None and new_optimizer != raw.get("optimizer", {}).get("name"):
@@ -256,6 +257,40 @@ def _drop_unused_sections(raw: dict[str, Any], parsed: list[tuple[str, Any]]) ->
         return
     for key in [k for k in raw if k not in FIXED_SECTIONS and k not in wanted]:
         del raw[key]
+
+
+def configs_dir() -> Path | None:
+    """The folder of the packaged configs: ``uda_jax/configs`` in an installed wheel, the
+    repository's ``configs/`` in a checkout (None if neither is there)."""
+    try:
+        import importlib.resources
+
+        folder = Path(str(importlib.resources.files("uda_jax.configs")))
+    except ModuleNotFoundError:
+        folder = Path(__file__).resolve().parent.parent / "configs"
+    return folder if folder.is_dir() else None
+
+
+def resolve_config_path(name: str | Path) -> Path:
+    """``name`` as a path, or the packaged config of that name (``digits_cgdm``).
+
+    Raises:
+      UserError: neither a file nor a packaged config.
+    """
+    path = Path(name)
+    if path.is_file():
+        return path
+    folder = configs_dir()
+    if folder is not None and path.suffix not in (".yaml", ".yml") and len(path.parts) == 1:
+        packaged = folder / f"{path.name}.yaml"
+        if packaged.is_file():
+            return packaged
+        names = sorted(p.stem for p in folder.glob("*.yaml"))
+        hint = did_you_mean(path.name, names)
+        raise UserError(
+            f"no config file or packaged config {str(name)!r}{hint}; packaged: {', '.join(names)}"
+        )
+    raise UserError(f"config file not found: {path} (give the path of a YAML file)")
 
 
 def _fixed_defaults() -> dict[str, Any]:

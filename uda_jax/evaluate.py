@@ -13,8 +13,14 @@ Keys:
 
 from __future__ import annotations
 
-import json
 import sys
+
+from uda_jax import cli
+
+if __name__ == "__main__" and cli.wants_help(sys.argv[1:]):  # answer before JAX is imported
+    raise SystemExit(cli.print_help("evaluate"))
+
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,14 +37,14 @@ from uda_jax.evaluation import classification_metrics, predict_batches
 from uda_jax.experiment import build_experiment, compile_predict, create_train_state
 from uda_jax.run_dir import training_fields
 
-USAGE = "usage: python -m uda_jax.evaluate RUN_DIR_OR_CHECKPOINT [key=value ...]"
+USAGE = cli.EVALUATE_USAGE
 KEYS = {"domain": str, "split": str, "step": int, "features": str, "json": bool}
 
 
 def parse_args(argv: Sequence[str]) -> tuple[Path, dict[str, Any]]:
     """``(path, options)`` from the command line; every mistake is a :class:`UserError`."""
-    if any(arg in ("-h", "--help") for arg in argv):
-        raise SystemExit(print(__doc__.strip() + "\n\n" + USAGE) or 0)
+    if cli.wants_help(argv):
+        raise SystemExit(cli.print_help("evaluate"))
     if not argv or "=" in argv[0]:
         raise UserError(f"give a run directory or a checkpoint; {USAGE}")
     options: dict[str, Any] = {"split": "test", "json": False}

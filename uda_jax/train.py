@@ -11,11 +11,17 @@ Without arguments it trains CGDM on the embedded task mnist5k → ucidigits.
 
 from __future__ import annotations
 
+import sys
+
+from uda_jax import cli
+
+if __name__ == "__main__" and cli.wants_help(sys.argv[1:]):  # answer before JAX is imported
+    raise SystemExit(cli.print_help("train"))
+
 import contextlib
 import dataclasses
 import functools
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -61,7 +67,7 @@ from uda_jax.run_dir import (
 )
 from uda_jax.state import TrainState
 
-USAGE = "usage: python -m uda_jax.train [CONFIG.yaml] [key=value ...]"
+USAGE = cli.TRAIN_USAGE
 
 
 def train_and_evaluate(
@@ -233,8 +239,8 @@ def _restore(config: Config, run_dir: Path, like: TrainState) -> Restored | None
 
 def parse_args(argv: Sequence[str]) -> tuple[str | None, list[str]]:
     """``(config path or None, overrides)`` from the command line."""
-    if any(arg in ("-h", "--help") for arg in argv):
-        raise SystemExit(print(__doc__.strip() + "\n\n" + USAGE) or 0)
+    if cli.wants_help(argv):
+        raise SystemExit(cli.print_help("train"))
     path = None
     overrides = list(argv)
     if overrides and "=" not in overrides[0]:

@@ -298,9 +298,9 @@ def _base_class(name: str) -> type:
     """The adversarial method class ``name``; a one-line error for any other method."""
     try:
         cls = lookup(name)
-    except UserError as err:
-        raise UserError(f"metaalign.base: {err}") from None
-    if not issubclass(cls, Adversarial):
+    except UserError:
+        cls = None
+    if cls is None or not issubclass(cls, Adversarial):
         valid = [n for n in names() if issubclass(lookup(n), Adversarial)]
         raise UserError(
             f"metaalign.base must be an adversarial method ({', '.join(valid)}), not {name!r}"

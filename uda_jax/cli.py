@@ -1,0 +1,61 @@
+"""The console scripts ``uda-jax-train`` and ``uda-jax-evaluate``, and ``--help`` answered
+before JAX is imported (the help lists every key from the config classes' source)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+TRAIN_USAGE = "usage: python -m uda_jax.train [CONFIG] [key=value ...]   (or: uda-jax-train ...)"
+EVALUATE_USAGE = (
+    "usage: python -m uda_jax.evaluate RUN_DIR_OR_CHECKPOINT [key=value ...]   "
+    "(or: uda-jax-evaluate ...)"
+)
+EVALUATE_KEYS = """
+Report accuracy, mean class accuracy and the per-class table of a run's checkpoint (read-only:
+it never writes, cleans or locks the run directory).
+
+Keys:
+  domain=NAME      the domain to evaluate (default: the run's target)
+  split=test       test (default) or train
+  step=N           the checkpoint step (default: the latest; a damaged one is refused)
+  features=PATH    also write features, logits, predictions and labels to PATH (.npz)
+  json=true        print the metrics as one JSON object instead of a table
+"""
+
+
+def wants_help(argv: Sequence[str]) -> bool:
+    """Whether the command line asks for ``--help``."""
+    return any(arg in ("-h", "--help") for arg in argv)
+
+
+def print_help(command: str) -> None:
+    """The help of ``train`` or ``evaluate`` on stdout."""
+    if command == "train":
+        from uda_jax.config_docs import help_text
+
+        print(help_text(TRAIN_USAGE), end="")
+    else:
+        print(EVALUATE_USAGE + "\n" + EVALUATE_KEYS, end="")
+
+
+def train(argv: Sequence[str] | None = None) -> int:
+    """``uda-jax-train``: :func:`uda_jax.train.main`, with ``--help`` before JAX starts."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if wants_help(argv):
+        print_help("train")
+        return 0
+    from uda_jax.train import main
+
+    return main(argv)
+
+
+def evaluate(argv: Sequence[str] | None = None) -> int:
+    """``uda-jax-evaluate``: :func:`uda_jax.evaluate.main`, with ``--help`` before JAX starts."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if wants_help(argv):
+        print_help("evaluate")
+        return 0
+    from uda_jax.evaluate import main
+
+    return main(argv)
