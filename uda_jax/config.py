@@ -157,7 +157,8 @@ class Config:
     run_dir: str | None = None  # default: runs/<method>_<source>-<target>_<config hash>
     progress: bool = True
     tensorboard: bool = True  # TensorBoard event files in <run_dir>/tensorboard
-    plots: bool = True  # PNG training curves and a t-SNE of the features at the end
+    plots: bool = True  # curves.png at the end: losses, learning rate and accuracy by step
+    tsne: bool = False  # also features_tsne.png: a t-SNE before/after adaptation (minutes)
     precision: typing.Literal["float32", "bf16"] = "float32"  # bf16: compute only
     distributed: bool = False  # join the other hosts through jax.distributed.initialize()
     # CPU-only speed (uda_jax.cpu): auto: on when the platform is CPU; on; off. Same numbers.

@@ -83,12 +83,19 @@ def all_finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.stack(leaves))
 
 
-def write_plots(predictor: Predictor, state: TrainState, run_dir: Path | None) -> None:
-    """``curves.png`` from ``metrics.jsonl`` and ``features_tsne.png``: source and target
-    features of the network at initialisation (before adaptation) and now (after), coloured by
-    class. ``run_dir`` None: compute the features only (the other processes of a multi-host
-    run, which must join the collectives)."""
-    from uda_jax.plots import TSNE_POINTS_PER_DOMAIN, plot_curves, plot_feature_tsne
+def write_curves(experiment: Experiment, run_dir: Path) -> None:
+    """``curves.png`` from ``metrics.jsonl``, in panels the method's metrics define."""
+    from uda_jax.plots import plot_curves
+
+    method = experiment.method
+    plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png", method.alignment_metrics)
+
+
+def write_tsne(predictor: Predictor, state: TrainState, run_dir: Path | None) -> None:
+    """``features_tsne.png``: source and target features of the network at initialisation
+    (before adaptation) and now (after), coloured by class. ``run_dir`` None: compute the
+    features only (the other processes of a multi-host run, which must join the collectives)."""
+    from uda_jax.plots import TSNE_POINTS_PER_DOMAIN, plot_feature_tsne
 
     experiment = predictor.experiment
     rng = np.random.default_rng(experiment.config.seed)
@@ -104,8 +111,6 @@ def write_plots(predictor: Predictor, state: TrainState, run_dir: Path | None) -
 
     before, after = features(create_train_state(experiment)), features(state)
     if run_dir is not None:
-        method = experiment.method
-        plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png", method.alignment_metrics)
         plot_feature_tsne(
             before, after, labels, run_dir / "features_tsne.png", experiment.config.seed
         )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -59,36 +60,56 @@ class MetricsWriter:
             self._tensorboard.close()
 
 
+_START = time.perf_counter()
+
+
+def status(text: str) -> None:
+    """One line on stderr with the seconds since start: what a long silent phase is doing."""
+    print(f"[{time.perf_counter() - _START:6.1f} s] {text}", file=sys.stderr, flush=True)
+
+
 class ProgressBar:
-    """A tqdm bar over the training steps with the latest losses, the learning rate and an
-    ETA (on stderr). ``shown``: the metric names to show (the method's first four)."""
+    """Progress over the training steps on stderr: a tqdm bar with the latest losses, the
+    learning rate and an ETA on a terminal; plain lines at each log step otherwise (a log file
+    or a pipe gets no carriage returns). ``shown``: the metric names to show (the method's
+    first four)."""
 
     def __init__(
         self, total: int, enabled: bool = True, initial: int = 0, shown: Sequence[str] = ()
     ):
         self._shown = (*tuple(shown)[:4], "learning_rate")
+        self._enabled, self._total, self._done = enabled, total, initial
+        self._plain = enabled and not sys.stderr.isatty()
         self._bar = tqdm(
             total=total,
             initial=initial,
-            disable=not enabled,
+            disable=not enabled or self._plain,
             file=sys.stderr,
             unit="step",
             dynamic_ncols=True,
         )
 
     def show(self, metrics: dict[str, float]) -> None:
-        """Shows the main training losses next to the bar."""
+        """Shows the main training losses (next to the bar, or as a plain line)."""
         values = {k.split("/")[-1]: v for k, v in metrics.items() if k.startswith("train/")}
         shown = {n: f"{values[n]:.4g}" for n in self._shown if n in values}
-        self._bar.set_postfix(shown, refresh=False)
+        if self._plain:
+            pairs = "  ".join(f"{k} {v}" for k, v in shown.items())
+            status(f"step {self._done + 1}/{self._total}  {pairs}")
+        else:
+            self._bar.set_postfix(shown, refresh=False)
 
     def advance(self) -> None:
         """One step done."""
+        self._done += 1
         self._bar.update(1)
 
     def note(self, text: str) -> None:
         """A line above the bar (e.g. an evaluation result)."""
-        self._bar.write(text, file=sys.stderr)
+        if self._plain or not self._enabled:
+            status(text)
+        else:
+            self._bar.write(text, file=sys.stderr)
 
     def __enter__(self) -> ProgressBar:
         return self

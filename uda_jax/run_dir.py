@@ -34,6 +34,7 @@ RESUMABLE_CHANGES = frozenset(
         "checkpoint",
         "distributed",
         "cpu_tuning",
+        "tsne",
     }
 )
 
@@ -50,11 +51,24 @@ def config_hash(config: Config) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
-def default_run_dir(config: Config) -> Path:
-    """``runs/<method>_<source>-<target>_<config hash>``; a finished one gets a suffix ``-2``..."""
+def _default_base(config: Config) -> Path:
     source = config.data.source.replace("/", "-")
     target = config.data.target.replace("/", "-")
-    base = Path("runs") / f"{config.method.name}_{source}-{target}_{config_hash(config)}"
+    return Path("runs") / f"{config.method.name}_{source}-{target}_{config_hash(config)}"
+
+
+def finished_twin(config: Config, run_dir: Path) -> Path | None:
+    """The default run directory of ``config`` when it holds a finished run and ``run_dir``
+    is a fresh one beside it (the same command run again); else None."""
+    base = _default_base(config)
+    if config.run_dir or run_dir == base or not (base / "done").exists():
+        return None
+    return base
+
+
+def default_run_dir(config: Config) -> Path:
+    """``runs/<method>_<source>-<target>_<config hash>``; a finished one gets a suffix ``-2``..."""
+    base = _default_base(config)
     run_dir, n = base, 1
     while (run_dir / "done").exists():
         n += 1

@@ -34,7 +34,7 @@ from uda_jax.checkpoint import Checkpointer, Restored
 from uda_jax.config import Config, load_config
 from uda_jax.data.sources import pair_stream
 from uda_jax.errors import UserError
-from uda_jax.evaluation import Predictor, all_finite, write_plots
+from uda_jax.evaluation import Predictor, all_finite, write_curves, write_tsne
 from uda_jax.experiment import Experiment, build_experiment, compile_train_step, create_train_state
 from uda_jax.interrupts import Interrupted, StopSignals
 from uda_jax.loop import (
@@ -48,7 +48,7 @@ from uda_jax.loop import (
     save_due,
     summary_line,
 )
-from uda_jax.metrics import MetricsWriter, ProgressBar
+from uda_jax.metrics import MetricsWriter, ProgressBar, status
 from uda_jax.parallel import (
     check_batch_size,
     data_mesh,
@@ -59,6 +59,7 @@ from uda_jax.parallel import (
 )
 from uda_jax.run_dir import (
     exclusive,
+    finished_twin,
     resolve_run_dir,
     training_fields,
     truncate_metrics,
@@ -89,7 +90,11 @@ def train_and_evaluate(
       TrainingError: a NaN or inf loss or parameter; the last good checkpoint stays.
       Interrupted: SIGTERM or Ctrl-C; a checkpoint of the current step was saved first.
     """
-    experiment = experiment or build_experiment(config)
+    if experiment is None:
+        status(
+            f"loading {config.data.source} → {config.data.target} and building {config.method.name}"
+        )
+        experiment = build_experiment(config)
     mesh = mesh if mesh is not None else data_mesh()
     check_batch_size(config.data.batch_size, mesh)
     state = replicate(create_train_state(experiment), mesh)
@@ -127,6 +132,8 @@ def _train(experiment, run_dir, mesh, state, stream, restored, is_main) -> dict[
                 with clock.pause(state):
                     state = replicate(method.hook(state, functools.partial(predictor, state)), mesh)
             batch = shard_batch(next(stream), mesh, process_local=stream.PROCESS_LOCAL)
+            if step == start:
+                status("compiling the train step (the first step waits for it)")
             state, metrics = train_step(state, batch)
             done = step + 1
             clock.after_step(done, state)
@@ -208,12 +215,15 @@ def _finish(config, run_dir, state, predictor, eval_metrics, clock, start, is_ma
     steps_per_s = clock.steps_per_second(config.steps)
     if not eval_metrics:  # resumed from the final checkpoint of an unfinished run
         eval_metrics = predictor.evaluate_target(state)
+    if config.plots and is_main:
+        write_curves(predictor.experiment, run_dir)
+    if config.tsne:  # every process computes features (collectives); the main one draws
+        status("t-SNE of source and target features before and after adaptation (minutes)")
+        write_tsne(predictor, state, run_dir if is_main else None)
     results = final_results(config, eval_metrics, clock.wall_time(), steps_per_s)
     results["resumed_from_step"] = start or None
     if is_main:
         write_atomic(run_dir / "results.json", json.dumps(results, indent=2) + "\n")
-    if config.plots:  # every process computes features (collectives); the main one draws
-        write_plots(predictor, state, run_dir if is_main else None)
     if is_main:
         (run_dir / "done").write_text("")
     return results
@@ -260,7 +270,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         cpu.prepare_process(config.cpu_tuning, config.model.backbone)  # before JAX starts
         if config.distributed:
             initialize_distributed()
-        run_dir, _ = resolve_run_dir(config)
+        run_dir, resuming = resolve_run_dir(config)
+        twin = finished_twin(config, run_dir)
+        if twin is not None:
+            status(f"{twin} holds a finished run of this command; training a fresh one in "
+                   f"{run_dir} (set run_dir=... to choose the directory)")  # fmt: skip
+        if resuming:
+            status(f"resuming the unfinished run in {run_dir}")
         results = train_and_evaluate(config, run_dir)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
