@@ -103,7 +103,9 @@ class Network:
             params[name], stats[name] = f_vars["params"], f_vars.get("batch_stats", {})
         if self.discriminator is not None:
             width = self.discriminator_input(features.shape[1], self.num_classes)
-            d_vars = self.discriminator.init(keys[1], jnp.zeros((2, width)), train=False)
+            d_vars = self.discriminator.init(
+                keys[1], jnp.zeros((2, width), jnp.float32), train=False
+            )
             params["d"], stats["d"] = d_vars["params"], {}
         return params, stats
 
