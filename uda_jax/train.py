@@ -48,7 +48,8 @@ from uda_jax.loop import (
     save_due,
     summary_line,
 )
-from uda_jax.metrics import MetricsWriter, ProgressBar, status
+from uda_jax.metrics import MetricsWriter, ProgressBar
+from uda_jax.metrics import status as _status
 from uda_jax.parallel import (
     check_batch_size,
     data_mesh,
@@ -91,9 +92,8 @@ def train_and_evaluate(
       Interrupted: SIGTERM or Ctrl-C; a checkpoint of the current step was saved first.
     """
     if experiment is None:
-        status(
-            f"loading {config.data.source} → {config.data.target} and building {config.method.name}"
-        )
+        data = config.data
+        _say(config, f"loading {data.source} → {data.target}, building {config.method.name}")
         experiment = build_experiment(config)
     mesh = mesh if mesh is not None else data_mesh()
     check_batch_size(config.data.batch_size, mesh)
@@ -133,7 +133,7 @@ def _train(experiment, run_dir, mesh, state, stream, restored, is_main) -> dict[
                     state = replicate(method.hook(state, functools.partial(predictor, state)), mesh)
             batch = shard_batch(next(stream), mesh, process_local=stream.PROCESS_LOCAL)
             if step == start:
-                status("compiling the train step (the first step waits for it)")
+                _say(config, "compiling the train step (the first step waits for it)")
             state, metrics = train_step(state, batch)
             done = step + 1
             clock.after_step(done, state)
@@ -151,6 +151,12 @@ def _train(experiment, run_dir, mesh, state, stream, restored, is_main) -> dict[
             if stop and done < config.steps:
                 raise Interrupted(stop, done, run_dir, elsewhere=not out.signals.received)
     return _finish(config, run_dir, state, predictor, eval_metrics, clock, start, is_main)
+
+
+def _say(config: Config, text: str) -> None:
+    """A status line on stderr unless the config asks for quiet (``progress: false``)."""
+    if config.progress and jax.process_index() == 0:
+        _status(text)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,7 +224,7 @@ def _finish(config, run_dir, state, predictor, eval_metrics, clock, start, is_ma
     if config.plots and is_main:
         write_curves(predictor.experiment, run_dir)
     if config.tsne:  # every process computes features (collectives); the main one draws
-        status("t-SNE of source and target features before and after adaptation (minutes)")
+        _say(config, "t-SNE of source and target features before and after adaptation (minutes)")
         write_tsne(predictor, state, run_dir if is_main else None)
     results = final_results(config, eval_metrics, clock.wall_time(), steps_per_s)
     results["resumed_from_step"] = start or None
@@ -273,10 +279,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_dir, resuming = resolve_run_dir(config)
         twin = finished_twin(config, run_dir)
         if twin is not None:
-            status(f"{twin} holds a finished run of this command; training a fresh one in "
+            _say(config, f"{twin} holds a finished run of this command; training a fresh one in "
                    f"{run_dir} (set run_dir=... to choose the directory)")  # fmt: skip
         if resuming:
-            status(f"resuming the unfinished run in {run_dir}")
+            _say(config, f"resuming the unfinished run in {run_dir}")
         results = train_and_evaluate(config, run_dir)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
