@@ -138,10 +138,9 @@ def test_train_mistake_is_one_line_exit_2_and_writes_nothing(
         args.append(f"run_dir={run_dir}")
     before = _files(finished_run)
     code = train_main(args)
-    err = capsys.readouterr().err
+    err = _one_error_line(capsys.readouterr().err)
     assert code == 2
-    assert err.startswith("error: ") and fragment in err, err
-    assert err.count("\n") == 1 and "Traceback" not in err
+    assert fragment in err, err
     assert not run_dir.exists()
     assert _files(finished_run) == before
 
@@ -152,9 +151,8 @@ def test_resuming_with_another_config_is_refused(finished_run, tmp_path, capsys)
     (run_dir / "done").unlink()
     before = _files(run_dir)
     assert train_main([*TINY, "seed=7", f"run_dir={run_dir}"]) == 2
-    err = capsys.readouterr().err
+    err = _one_error_line(capsys.readouterr().err)
     assert "holds a run with another config (seed: 0 in the run, 7 now)" in err
-    assert err.count("\n") == 1
     assert _files(run_dir) == before
 
 
@@ -173,6 +171,16 @@ def test_unreadable_checkpoint_is_refused_and_the_run_dir_left_alone(
     assert err[-1].startswith("error: checkpoint ") and "cannot be restored" in err[-1]
     assert all(line.startswith("warning: ") for line in err[:-1])
     assert _files(run_dir) == before
+
+
+def _one_error_line(stderr: str) -> str:
+    """The single ``error:`` line of a refused command; any other line is a status line
+    (``[  0.3 s] loading ...``) printed before the mistake was found, never a traceback."""
+    lines = stderr.strip().splitlines()
+    assert "Traceback" not in stderr, stderr
+    assert lines and lines[-1].startswith("error: "), stderr
+    assert all(line.startswith("[") for line in lines[:-1]), stderr
+    return lines[-1]
 
 
 EVALUATE_CASES = [

@@ -16,7 +16,9 @@ from tqdm import tqdm
 
 class MetricsWriter:
     """Appends one JSON object per line: ``{"step": int, "<name>": float, ...}``, and, with
-    ``tensorboard_dir``, the same scalars as TensorBoard events (tensorboardX).
+    ``tensorboard_dir``, the same scalars as TensorBoard events. They are written by
+    tensorboardX, a core dependency (small, no TensorFlow); viewing them needs the
+    ``tensorboard`` extra: ``pip install "uda-jax[tensorboard]"``, then ``tensorboard --logdir``.
 
     Non-finite values are written as strings ("nan", "inf") so every line stays valid JSON.
     ``resume_step``: a resumed run's checkpoint step; TensorBoard drops the events after it,

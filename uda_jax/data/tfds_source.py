@@ -1,17 +1,26 @@
 """TFDS catalog domains through ``tfds.data_source`` — random access, no TensorFlow needed.
 
+Needs the ``tfds`` extra (``pip install "uda-jax[tfds]"``); ``tensorflow_datasets`` is imported
+only here, when a ``tfds:`` domain is opened, so the rest of uda_jax runs without it.
+
 Supported names: ``mnist``, ``svhn_cropped`` and ``domainnet/<clipart|infograph|painting|
 quickdraw|real|sketch>`` (TFDS builder ``domainnet`` with one config per domain, splits
-``train``/``test``). Data must already be prepared in ``data_dir`` (argument, else
-``$TFDS_DATA_DIR``, else ``~/tensorflow_datasets``); nothing is downloaded unless the caller
-passes ``download=True``, and a missing dataset folder is a :class:`UserError` at once (an
-offline TFDS lookup would otherwise hang for minutes trying to reach GCS).
+``train``/``test``). Data must already be prepared, in the ArrayRecord format (the one
+``tfds.data_source`` reads at random), in ``data_dir`` (argument — a config's ``data.root`` or
+``$UDA_DATA_DIR`` — else ``$TFDS_DATA_DIR``, else ``~/tensorflow_datasets``). Preparing it
+needs the network and, for these builders, TensorFlow: once, anywhere, ``pip install tensorflow
+tensorflow-datasets`` then ``tfds build mnist --file_format=array_record --data_dir DIR``, and
+copy ``DIR/mnist`` (``DIR/domainnet/sketch``, ...) to the data directory. Nothing is downloaded
+unless a caller of this module passes ``download=True``, and a missing dataset folder is a
+:class:`UserError` at once (an offline TFDS lookup would otherwise hang for minutes trying to
+reach GCS).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -28,6 +37,26 @@ def tfds_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     """``data_dir``, else ``$TFDS_DATA_DIR``, else ``~/tensorflow_datasets`` (TFDS's default)."""
     chosen = data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
     return Path(chosen).expanduser()
+
+
+def import_tfds(name: str) -> Any:
+    """The ``tensorflow_datasets`` module (a slow import, done only when a TFDS domain is used).
+
+    Raises:
+      UserError: the ``tfds`` extra is not installed (one line that names it).
+    """
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as e:
+        raise UserError(
+            f"domain 'tfds:{name}' needs TensorFlow Datasets, which is not installed: "
+            'pip install "uda-jax[tfds]"'
+        ) from e
+    return tfds
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split())
 
 
 class TfdsSource:
@@ -50,21 +79,30 @@ class TfdsSource:
                 f"unknown TFDS domain {name!r}{did_you_mean(name, TFDS_NAMES)}; "
                 f"known: {', '.join(TFDS_NAMES)}"
             )
+        tfds = import_tfds(name)
         root = tfds_data_dir(data_dir)
         if not download and not (root / name).is_dir():
             raise UserError(
                 f"TFDS dataset {name!r} is not prepared under {str(root)!r} (no folder "
-                f"{str(root / name)!r}); prepare it with `tfds build {name.split('/')[0]}` "
-                "(set TFDS_DATA_DIR or data_dir to its location) or pass download=True"
+                f"{str(root / name)!r}): set data.root (or UDA_DATA_DIR, else TFDS_DATA_DIR) to "
+                "the folder that holds it; to make it, where there is network: pip install "
+                f"tensorflow tensorflow-datasets && tfds build {name} --file_format=array_record "
+                f"--data_dir DIR, then copy DIR/{name} to {str(root / name)!r}"
             )
-        import tensorflow_datasets as tfds  # slow import, only when a TFDS domain is used
-
         try:
             self._source = tfds.data_source(
                 name, split=split, data_dir=str(root), download=download
             )
         except (ValueError, KeyError, FileNotFoundError, AssertionError) as e:
-            raise UserError(f"cannot open TFDS {name!r} split {split!r} in {root}: {e}") from e
+            raise UserError(
+                f"cannot open TFDS {name!r} split {split!r} in {root}: {_one_line(e)}"
+            ) from e
+        except NotImplementedError as e:  # prepared as TFRecord: no random access
+            raise UserError(
+                f"cannot open TFDS {name!r} in {root}: it is not in the ArrayRecord format that "
+                f"random access needs; build it again with tfds build {name} "
+                "--file_format=array_record"
+            ) from e
         features = self._source.dataset_info.features
         self.name = f"{name}:{split}"
         self.class_names: tuple[str, ...] = tuple(features["label"].names)
