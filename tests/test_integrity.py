@@ -141,3 +141,16 @@ def test_a_killed_training_leaves_no_stuck_lock(tmp_path):
     holder.wait()
     with exclusive(run_dir):  # acquired at once: the kernel released the dead process's lock
         pass
+
+
+def test_ctrl_c_during_start_up_exits_130_without_a_traceback(tmp_path):
+    """SIGINT while the data loads (before the training loop's own handler) stops quietly."""
+    command = [sys.executable, "-m", "uda_jax.train", *TINY, f"run_dir={tmp_path / 'run'}"]
+    command = [a for a in command if a != "progress=false"]  # the status lines tell when
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    first = proc.stderr.readline()
+    assert "loading" in first, first
+    proc.send_signal(2)  # SIGINT, as Ctrl-C
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=120) == 130
+    assert "Traceback" not in rest and "stopped: interrupted (Ctrl-C)" in rest, rest

@@ -160,6 +160,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("stopped: interrupted (Ctrl-C); evaluate writes nothing", file=sys.stderr)
+        return 130
     print(json.dumps(result) if options["json"] else format_table(result))
     return 0
 

@@ -293,6 +293,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Interrupted as err:
         print(f"stopped: {err}", file=sys.stderr)
         return err.exit_code
+    except KeyboardInterrupt:  # Ctrl-C outside the training loop (start-up, plots)
+        print("stopped: interrupted (Ctrl-C) outside the training steps", file=sys.stderr)
+        return 130
     print(summary_line(results, run_dir))
     return 0
 
