@@ -152,6 +152,22 @@ def test_incompatible_domains_are_refused():
         check_compatible(_domain("a", [0, 1]), _domain("b", [0, 1], size=16))
 
 
+def test_incompatible_classes_name_the_label_beyond_and_refuse_another_order():
+    small = _domain("a", [0, 1, 2], classes=3)
+    with pytest.raises(UserError, match=r"'b' has train label 7 at row 2, outside \[0, 3\)\)$"):
+        check_compatible(small, _domain("b", [0, 1, 7]))
+    with pytest.raises(UserError, match=r"'b' has class '3' \(label 3\), which has no image"):
+        check_compatible(small, _domain("b", [0, 1, 2], classes=4))
+    named = dataclasses.replace(small, class_names=("cat", "dog", "fox"))
+    other = dataclasses.replace(small, name="c", class_names=("cat", "fox", "dog"))
+    with pytest.raises(UserError, match="number the same classes differently") as info:
+        check_compatible(named, other)
+    assert "label 1 is 'dog' in one and 'fox' in the other" in str(info.value)
+    assert "\n" not in str(info.value)
+    renamed = dataclasses.replace(small, name="d", class_names=("kat", "hund", "fuchs"))
+    check_compatible(named, renamed)  # other names: not provably another order, accepted
+
+
 def _indexed(name, n, classes=3, size=4):
     """A domain whose row ``i`` is the constant image ``i`` with label ``i % classes``."""
     images = np.broadcast_to(

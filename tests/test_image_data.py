@@ -160,8 +160,9 @@ def test_benchmark_resolution(tmp_path, monkeypatch):
     (tmp_path / "office31" / "dslr_list.txt").write_text("dslr/images/bike/x.jpg 1\r\n")
     dslr = benchmarks.resolve_image_domain("office31/dslr")
     assert dslr.labels.tolist() == [1] and dslr.class_names[1] == "bike" and dslr.list_file
-    folder = benchmarks.resolve_image_domain("folder:officehome/Real World")
-    assert folder.class_names[0] == "Alarm_Clock"  # generic folders are alphabetical
+    # Generic folders are alphabetical, and every folder is a class: empty ones are refused.
+    with pytest.raises(UserError, match=r"class folder '.*/Real World/Alarm_Clock' has no images"):
+        benchmarks.resolve_image_domain("folder:officehome/Real World")
     with pytest.raises(UserError, match="only domainnet"):
         benchmarks.resolve_image_domain("office31/dslr:test")
 
@@ -352,3 +353,326 @@ def test_eval_batches_padded_fixed_order(tree):
     b = list(image_eval_batches(domain, 5, stochastic))
     for x, y in zip(a, b, strict=True):
         np.testing.assert_array_equal(x[0], y[0])
+
+
+# ---- validation before training: empty classes, symlinks, labels, bit depths ------------------
+
+
+def _one_line(info) -> str:
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def _warnings(capsys) -> list[str]:
+    return [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+
+
+def test_an_empty_class_folder_is_refused_unless_a_class_list_defines_it(tree, capsys):
+    (tree / "cow").mkdir()
+    (tree / "cow" / "readme.txt").write_text("no images here")
+    with pytest.raises(UserError, match=r"class folder '.*/cow' has no images") as info:
+        read_image_folder(tree)  # the folders are the classes: a phantom class would be made
+    assert "add its images or remove the folder" in _one_line(info)
+    (tree / "yak").mkdir()
+    with pytest.raises(UserError, match=r"'.*/cow' has no images .*\(and 1 more empty"):
+        read_image_folder(tree)
+    capsys.readouterr()
+    kept = read_image_folder(tree, class_names=["bird", "cat", "cow", "dog"])  # defined: kept
+    assert kept.num_classes == 4 and np.bincount(kept.labels).tolist() == [4, 4, 0, 4]
+    (warning,) = _warnings(capsys)
+    assert "no image of 1 of its 4 classes ('cow'); they stay classes" in warning
+
+
+def test_benchmark_classes_without_images_stay_classes_with_a_warning(tmp_path, capsys):
+    for k in range(12):  # ImageCLEF: 12 sorted class folders, one of them empty
+        folder = tmp_path / "imageclef" / "c" / f"class{k:02d}"
+        folder.mkdir(parents=True)
+        if k != 5:
+            _write(folder / "a.jpg", k)
+    domain = benchmarks.resolve_image_domain("imageclef/c", tmp_path)
+    assert domain.num_classes == 12 and 5 not in domain.labels.tolist()
+    (warning,) = _warnings(capsys)
+    assert "no image of 1 of its 12 classes ('class05')" in warning
+    (tmp_path / "imageclef" / "c" / "class05").rmdir()
+    with pytest.raises(UserError, match="has 11 class folders, expected 12"):
+        benchmarks.resolve_image_domain("imageclef/c", tmp_path)
+    # A benchmark list names its classes' images; classes it does not list are kept, warned.
+    _write(tmp_path / "office31" / "amazon" / "images" / "bike" / "x.jpg", 1)
+    _write(tmp_path / "office31" / "amazon" / "images" / "mug" / "y.jpg", 2)
+    listed = tmp_path / "office31" / "amazon_list.txt"
+    listed.write_text("amazon/images/bike/x.jpg 1\namazon/images/mug/y.jpg 17\n")
+    amazon = benchmarks.resolve_image_domain("office31/amazon", tmp_path)
+    assert amazon.num_classes == 31 and amazon.labels.tolist() == [1, 17]
+    (warning,) = _warnings(capsys)
+    assert "no image of 29 of its 31 classes ('back_pack', 'bike_helmet'," in warning
+    # Folders that are not classes of the benchmark are reported, not read.
+    listed.unlink()
+    for cls in [*benchmarks.OFFICE31_CLASSES, "misc"]:
+        (tmp_path / "office31" / "amazon" / "images" / cls).mkdir(exist_ok=True)
+    _write(tmp_path / "office31" / "amazon" / "images" / "misc" / "z.jpg", 3)
+    amazon = benchmarks.resolve_image_domain("office31/amazon", tmp_path)
+    assert amazon.num_classes == 31 and amazon.labels.tolist() == [1, 17]
+    (extra, empty) = _warnings(capsys)
+    assert "folders that are not office31 classes are not read ('misc')" in extra
+    assert "no image of 29 of its 31 classes" in empty
+
+
+def test_a_class_without_test_examples_gives_valid_results_json():
+    from uda_jax.config import Config
+    from uda_jax.evaluation import classification_metrics
+    from uda_jax.loop import final_results
+
+    metrics = classification_metrics(np.array([0, 1, 1, 0]), np.array([0, 1, 1, 1]), CLASSES)
+    assert metrics["per_class/cat"] == 1.0 and metrics["per_class/dog"] == 2 / 3
+    assert np.isnan(metrics["per_class/bird"])  # no test example: no accuracy
+    assert metrics["mean_class_accuracy"] == pytest.approx((1.0 + 2 / 3) / 2)  # bird left out
+    results = final_results(
+        Config(), {f"eval/target_{k}": v for k, v in metrics.items()}, 1.5, float("nan")
+    )
+    text = json.dumps(results, allow_nan=False)  # raises on NaN: results.json must be JSON
+    assert json.loads(text)["per_class_accuracy"] == {"cat": 1.0, "dog": 2 / 3, "bird": None}
+    assert results["steps_per_s"] is None and results["images_per_s"] is None
+    assert results["target_mean_class_accuracy"] == metrics["mean_class_accuracy"]
+
+
+def test_symlink_loops_are_skipped_once_with_a_warning(tree, capsys):
+    (tree / "cat" / "loop").symlink_to("..")  # the domain root
+    (tree / "dog" / "nested" / "self").symlink_to(".")
+    domain = read_image_folder(tree)
+    assert len(domain) == 12 and len(set(domain.paths)) == 12  # was 492 entries
+    assert np.bincount(domain.labels).tolist() == [4, 4, 4]
+    warnings = _warnings(capsys)
+    assert len(warnings) == 2 and all("skipped the symlink loop" in w for w in warnings)
+    assert any(f"'{tree}/cat/loop' (it links to '{tree.resolve()}'" in w for w in warnings)
+
+
+def test_symlinked_folders_are_followed_and_each_folder_read_once(tree, tmp_path, capsys):
+    outside = tmp_path / "more_birds"
+    _write(outside / "b.jpg", 7)
+    _write(outside / "deeper" / "c.png", 8, "PNG")
+    (tree / "bird" / "extra").symlink_to(outside)  # a folder elsewhere: read as class bird
+    (tree / "fox").mkdir()
+    (tree / "fox" / "same").symlink_to(outside)  # the same folder again: skipped, warned
+    _write(tree / "fox" / "f.jpg", 9)
+    (tree / "fox" / "dogs").symlink_to(tree / "dog" / "nested")  # another class's folder
+    domain = read_image_folder(tree)
+    assert domain.class_names == ("bird", "cat", "dog", "fox")
+    assert np.bincount(domain.labels).tolist() == [6, 4, 4, 1]
+    assert str((outside / "deeper" / "c.png").resolve()) in domain.paths
+    warnings = _warnings(capsys)
+    assert len(warnings) == 2 and "\n" not in "".join(warnings)
+    assert any("fox/same' to" in w and "already read for class 'bird'" in w for w in warnings)
+    assert any("fox/dogs' to" in w and "already read for class 'dog'" in w for w in warnings)
+
+
+def test_images_reached_twice_through_symlinks(tree, capsys):
+    (tree / "cat" / "again.jpg").symlink_to(tree / "cat" / "img0.jpg")
+    domain = read_image_folder(tree)
+    assert len(domain) == 12  # once
+    (warning,) = _warnings(capsys)
+    assert "class 'cat' reaches 1 image(s) a second time through symlinks (e.g. '" in warning
+    assert (
+        "cat/again.jpg' and '" in warning
+        and "img0.jpg' are one image" in warning
+        and "; each image is read once" in warning
+    )
+    (tree / "dog" / "cat.jpg").symlink_to(tree / "cat" / "img1.jpg")
+    two = r"img1.jpg' is in two classes, 'cat' \(as '.*/cat/img1.jpg'\) and 'dog' \(as '.*/dog/cat"
+    with pytest.raises(UserError, match=two) as info:
+        read_image_folder(tree)
+    assert "an image must have one class" in _one_line(info)
+    (tree / "dog" / "cat.jpg").unlink()
+    (tree / "kitty").symlink_to(tree / "cat")
+    with pytest.raises(UserError, match=r"'.*/kitty' is the same folder as class folder"):
+        read_image_folder(tree)
+
+
+def test_list_label_typo_refused_naming_file_line_and_label(tree, tmp_path, capsys):
+    domain = read_image_folder(tree, class_names=CLASSES)
+    lines = _list_lines(tree, domain)
+    lines[5] = lines[5].rsplit(" ", 1)[0] + " 500"
+    list_file = tmp_path / "typo.txt"
+    list_file.write_text("\n".join(lines))
+    with pytest.raises(
+        UserError, match=r"typo\.txt line 6: label 500 leaves classes 3\.\.499"
+    ) as info:
+        read_image_list(list_file, tree)  # was a 501-class domain
+    assert "fix the label" in _one_line(info)
+    lines[5] = lines[5].rsplit(" ", 1)[0] + " 3"
+    lines = [line for line in lines if not line.endswith(" 2")]  # labels 0, 1, 3: no class 2
+    list_file.write_text("\n".join(lines))
+    with pytest.raises(UserError, match=r"typo\.txt line 6: label 3 leaves class 2 without any"):
+        read_image_list(list_file, tree)
+    with pytest.raises(UserError, match=r"typo.txt line 6: label 3 is outside \[0, 3\)"):
+        read_image_list(list_file, tree, num_classes=3)  # a known count: out of range
+    capsys.readouterr()
+    known = read_image_list(list_file, tree, num_classes=4)  # known count: class 2 kept, warned
+    assert known.num_classes == 4
+    (warning,) = _warnings(capsys)
+    assert "no image of 1 of its 4 classes ('2')" in warning
+
+
+def test_benchmark_list_label_beyond_the_known_class_count(tmp_path):
+    _write(tmp_path / "office31" / "dslr" / "images" / "bike" / "x.jpg", 1)
+    (tmp_path / "office31" / "dslr_list.txt").write_text(
+        "dslr/images/bike/x.jpg 1\r\n" * 2 + "dslr/images/bike/x.jpg 310\r\n"
+    )
+    with pytest.raises(UserError, match=r"dslr_list.txt line 3: label 310 is outside \[0, 31\)"):
+        benchmarks.resolve_image_domain("office31/dslr", tmp_path)
+
+
+def test_domains_with_other_classes_are_refused_naming_file_line_and_label(tree, tmp_path):
+    from uda_jax.config import DataConfig
+    from uda_jax.data.domains import check_compatible
+    from uda_jax.data.sources import load_data_domain
+
+    domain = read_image_folder(tree)  # bird, cat, dog
+    lines = _list_lines(tree, domain)
+    (tmp_path / "three.txt").write_text("\n".join(lines))
+    _write(tree / "owl" / "o.jpg", 5)
+    (tmp_path / "four.txt").write_text("\n".join([*lines, "owl/o.jpg 3"]))
+    data = DataConfig(root=str(tree))
+    three = load_data_domain(f"list:{tmp_path / 'three.txt'}", data)
+    four = load_data_domain(f"list:{tmp_path / 'four.txt'}", data)
+    with pytest.raises(UserError, match="have 3 and 4 classes") as info:
+        check_compatible(three, four)
+    assert r"has label 3 at " in _one_line(info)
+    assert r"owl/o.jpg (" in str(info.value) and r"four.txt line 13), outside [0, 3))" in str(
+        info.value
+    )
+    # The same classes in another order (a folder tree against a list in its own order).
+    swapped = [line.replace(" 0", " x").replace(" 1", " 0").replace(" x", " 1") for line in lines]
+    (tmp_path / "swapped.txt").write_text("\n".join(swapped))
+    other = load_data_domain(f"list:{tmp_path / 'swapped.txt'}", data)
+    assert other.class_names == ("cat", "bird", "dog")
+    with pytest.raises(UserError, match="number the same classes differently") as info:
+        check_compatible(three, other)
+    assert "label 0 is 'bird' in one and 'cat' in the other" in _one_line(info)
+
+
+# Each mode: a tiny PIL image, saved and decoded as the pipeline does, and the pixel expected.
+I16 = np.array([[0, 65535, 32896, 1000]], np.uint16)  # → 0, 255, 128, round(3.89) = 4
+FLOATS = np.array([[0.0, 0.5, 1.0, 0.25, 1.001, -0.001]], np.float32)  # 1.001/−0.001: noise
+
+
+def _mode_images():
+    palette = Image.new("P", (2, 1))
+    palette.putpalette([10, 20, 30, 200, 100, 50] + [0] * 762)
+    palette.putpixel((1, 0), 1)
+    transparent = palette.copy()
+    transparent.info["transparency"] = 0
+    bilevel = Image.new("1", (2, 1))
+    bilevel.putpixel((1, 0), 1)
+    return {
+        "I;16 png": (Image.fromarray(I16), "PNG", [[0] * 3, [255] * 3, [128] * 3, [4] * 3]),
+        "I int32 tiff": (
+            Image.fromarray(np.array([[0, 65535, 25700]], np.int32)),
+            "TIFF",
+            [[0] * 3, [255] * 3, [100] * 3],
+        ),
+        "F float32 tiff": (
+            Image.fromarray(FLOATS),
+            "TIFF",
+            [[0] * 3, [128] * 3, [255] * 3, [64] * 3, [255] * 3, [0] * 3],
+        ),
+        "P palette png": (palette, "PNG", [[10, 20, 30], [200, 100, 50]]),
+        "P transparent png": (transparent, "PNG", [[10, 20, 30], [200, 100, 50]]),
+        "CMYK tiff": (
+            Image.frombytes("CMYK", (2, 1), bytes([0, 255, 255, 0, 128, 0, 0, 128])),
+            "TIFF",
+            [[255, 0, 0], [63, 127, 127]],  # 255·(1 − C)(1 − K)
+        ),
+        "LA png": (Image.new("LA", (1, 1), (100, 0)), "PNG", [[100, 100, 100]]),  # alpha dropped
+        "RGBA png": (Image.new("RGBA", (1, 1), (10, 20, 30, 0)), "PNG", [[10, 20, 30]]),
+        "L png": (Image.new("L", (1, 1), 77), "PNG", [[77, 77, 77]]),
+        "1-bit png": (bilevel, "PNG", [[0, 0, 0], [255, 255, 255]]),
+    }
+
+
+@pytest.mark.parametrize("case", list(_mode_images()))
+def test_every_bit_depth_decodes_to_8_bit_rgb(case, tmp_path):
+    image, fmt, expected = _mode_images()[case]
+    path = tmp_path / f"image.{fmt.lower()}"
+    image.save(path, fmt)
+    with Image.open(path) as saved:
+        assert saved.mode == image.mode  # the file really has the mode under test
+    decoded = transforms.decode_rgb(str(path))
+    assert decoded.dtype == np.uint8 and decoded.shape == (1, len(expected), 3)
+    np.testing.assert_array_equal(decoded[0], expected)
+    np.testing.assert_array_equal(transforms.decode_rgb(path.read_bytes()), decoded)
+
+
+def _png_16_bit_rgb(rgb: tuple[int, int, int]) -> bytes:
+    """A 1×1 48-bit RGB PNG (Pillow cannot write one)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", 1, 1, 16, 2, 0, 0, 0)
+    pixels = zlib.compress(b"\x00" + struct.pack(">HHH", *rgb))
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+    )
+
+
+def test_16_bit_variants_and_16_bit_rgb_png():
+    for mode in ("I;16B", "I;16L", "I;16N"):
+        image = Image.new(mode, (1, 1), 32896)
+        np.testing.assert_array_equal(transforms.pil_to_rgb(image), [[[128, 128, 128]]])
+    # Pillow decodes 48-bit RGB PNGs to 8 bits itself, keeping each high byte.
+    rgb = transforms.decode_rgb(_png_16_bit_rgb((65535, 32767, 32896)))
+    np.testing.assert_array_equal(rgb, [[[255, 127, 128]]])
+
+
+@pytest.mark.parametrize(
+    "values, fragment",
+    [
+        (
+            np.array([[0.0, 2.0]], np.float32),
+            r"float image with values in \[0, 2\], outside \[0, 1\]",
+        ),
+        (np.array([[0.0, 255.0]], np.float32), r"values in \[0, 255\], outside \[0, 1\]"),
+        (np.array([[-0.5, 0.5]], np.float32), r"values in \[-0.5, 0.5\]"),
+        (np.array([[np.nan, 0.5]], np.float32), "values in NaN or inf"),
+        (np.array([[-1, 5]], np.int32), r"values in \[-1, 5\], outside the 16-bit range"),
+        (np.array([[0, 70000]], np.int32), r"values in \[0, 70000\], outside the 16-bit range"),
+    ],
+)
+def test_out_of_range_float_and_integer_images_are_refused(values, fragment):
+    with pytest.raises(transforms.ImageValueError, match=fragment):
+        transforms.pil_to_rgb(Image.fromarray(values))
+
+
+def test_an_out_of_range_float_image_fails_when_the_domain_is_checked(tmp_path):
+    Image.fromarray(np.array([[0.0, 0.5]], np.float32)).save(tmp_path / "ok.tif")
+    Image.fromarray(np.array([[0.0, 100.0]], np.float32)).save(tmp_path / "bad.tif")
+    (tmp_path / "l.txt").write_text("ok.tif 0\nbad.tif 1\n")
+    listed = read_image_list(tmp_path / "l.txt")
+    with pytest.raises(UserError, match=r"bad.tif \(.*l.txt line 2\): .*outside \[0, 1\]") as info:
+        check_images(listed)
+    assert "scale it to [0, 1] or save it as an 8-bit image" in _one_line(info)
+    kept, skipped = check_images(listed, skip_unreadable=True)
+    assert skipped == 1 and kept.paths == (str((tmp_path / "ok.tif").resolve()),)
+
+
+def test_arrays_of_other_depths_are_scaled_not_wrapped():
+    expected = [[[0, 0, 0], [128, 128, 128], [255, 255, 255]]]
+    for array in (
+        np.array([[0, 32896, 65535]], np.uint16),
+        np.array([[0.0, 0.5, 1.0]], np.float32),
+        np.array([[0, 128, 255]], np.int64),
+    ):
+        np.testing.assert_array_equal(transforms.to_rgb(array), expected)
+    np.testing.assert_array_equal(
+        transforms.to_rgb(np.array([[False, True]])), [[[0] * 3, [255] * 3]]
+    )
+    with pytest.raises(transforms.ImageValueError, match=r"int64 image with values in \[0, 300\]"):
+        transforms.to_rgb(np.array([[0, 300]], np.int64))  # was wrapped to 44
+    t = transforms.ImageTransform(resize=None, crop="none")
+    np.testing.assert_array_equal(
+        t(np.array([[0, 65535]], np.uint16)), t(np.array([[0, 255]], np.uint8))
+    )

@@ -37,16 +37,24 @@ def predict_batches(
 def classification_metrics(
     predictions: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...]
 ) -> dict[str, float]:
-    """``accuracy``, ``mean_class_accuracy`` and ``per_class/<name>`` (classes with no test
-    example are left out of the mean and reported as NaN)."""
-    metrics = {"accuracy": float(np.mean(predictions == labels))}
-    per_class = []
+    """``accuracy``, ``mean_class_accuracy`` and ``per_class/<name>``.
+
+    A class with no test example (a benchmark class without images) has no accuracy: its
+    ``per_class`` value is NaN here (``"nan"`` in ``metrics.jsonl``, ``null`` in
+    ``results.json``, see :func:`uda_jax.loop.final_results`) and it is left out of the mean,
+    which averages the classes that have test examples.
+    """
+    predictions, labels = np.asarray(predictions), np.asarray(labels)
+    accuracy = float(np.mean(predictions == labels)) if labels.size else float("nan")
+    metrics = {"accuracy": accuracy}
+    defined = []
     for index, name in enumerate(class_names):
         members = labels == index
         value = float(np.mean(predictions[members] == index)) if members.any() else float("nan")
         metrics[f"per_class/{name}"] = value
-        per_class.append(value)
-    metrics["mean_class_accuracy"] = float(np.nanmean(per_class))
+        if members.any():
+            defined.append(value)
+    metrics["mean_class_accuracy"] = float(np.mean(defined)) if defined else float("nan")
     return metrics
 
 

@@ -106,24 +106,38 @@ class _Pause:
 def final_results(
     config: Config, eval_metrics: dict[str, float], wall_time_s: float, steps_per_s: float | None
 ) -> dict[str, Any]:
-    """The ``results.json`` record: final-iterate accuracies, speed, and how it was run."""
+    """The ``results.json`` record: final-iterate accuracies, speed, and how it was run.
+
+    Always valid JSON: an accuracy that is undefined — the per-class accuracy of a class with no
+    test example — is ``null`` (and not part of ``target_mean_class_accuracy``, the mean over
+    the classes that have test examples); so is any other non-finite number.
+    """
+
+    def _json_number(value: Any) -> float | None:
+        """A float, or None where missing or not finite (``allow_nan=False`` must pass)."""
+        if value is None:
+            return None
+        value = float(value)
+        return value if math.isfinite(value) else None
+
+    images_per_s = None if steps_per_s is None else steps_per_s * 2 * config.data.batch_size
     return {
         "method": config.method.name,
         "source": config.data.source,
         "target": config.data.target,
         "steps": config.steps,
         "seed": config.seed,
-        "target_accuracy": eval_metrics["eval/target_accuracy"],
-        "target_mean_class_accuracy": eval_metrics["eval/target_mean_class_accuracy"],
+        "target_accuracy": _json_number(eval_metrics["eval/target_accuracy"]),
+        "target_mean_class_accuracy": _json_number(eval_metrics["eval/target_mean_class_accuracy"]),
         "per_class_accuracy": {
-            k.removeprefix("eval/target_per_class/"): v
+            k.removeprefix("eval/target_per_class/"): _json_number(v)
             for k, v in eval_metrics.items()
             if "per_class/" in k
         },
-        "wall_time_s": wall_time_s,
-        "steps_per_s": steps_per_s,
+        "wall_time_s": _json_number(wall_time_s),
+        "steps_per_s": _json_number(steps_per_s),
         # each step reads batch_size source and batch_size target images
-        "images_per_s": None if steps_per_s is None else steps_per_s * 2 * config.data.batch_size,
+        "images_per_s": _json_number(images_per_s),
         "peak_device_memory_bytes": peak_memory_bytes(),
         "peak_host_memory_bytes": host_peak_rss_bytes(),
         "precision": config.precision,

@@ -20,14 +20,21 @@ class folder tree. Expected layout under the root (as the official code reads it
     list ``domainnet/<domain>_<split>.txt`` (split ``train`` unless ``:test``), else folders
     ``domainnet/<domain>/<class>/`` (sorted, all images).
 
+Every benchmark has its known class count (:data:`NUM_CLASSES`): a list label outside it is
+refused naming the file and line; a class without any image stays a class, with a one-line
+warning (a phantom class never changes the count); folders that are not classes of a benchmark
+with a class list are reported and not read.
+
 Generic specs: ``list:PATH`` (a ``"path label"`` file; entries relative to the data root when
 one is set, else to the list's folder) and ``folder:PATH`` (a ``<class>/<image>`` tree), with
-``PATH`` relative to the data root or absolute.
+``PATH`` relative to the data root or absolute. Their classes are inferred (0..the largest label;
+every folder), so a class without any image — a label typo, an empty folder — is refused.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from uda_jax.data.image_files import ImageDomain, read_image_folder, read_image_list
@@ -205,13 +212,25 @@ def _benchmark_domain(bench: str, domain: str, split: str | None, root: Path) ->
     if folder is None or not folder.is_dir():
         tried = ", ".join(str(p) for p in [*lists, *folders])
         raise UserError(f"benchmark domain {name!r} not found; looked for {tried}")
-    domain_data = read_image_folder(folder, classes, name=name)
-    if domain_data.num_classes != num_classes:
-        raise UserError(
-            f"benchmark domain {name!r} at {str(folder)!r} has {domain_data.num_classes} class "
-            f"folders, expected {num_classes}"
-        )
-    return domain_data
+    folders_there = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    if classes is None:  # the sorted class folders, as many as the benchmark has classes
+        if len(folders_there) != num_classes:
+            raise UserError(
+                f"benchmark domain {name!r} at {str(folder)!r} has {len(folders_there)} class "
+                f"folders, expected {num_classes}"
+            )
+        classes = folders_there
+    else:
+        extra = sorted(set(folders_there) - set(classes))
+        if extra:
+            print(
+                f"warning: benchmark domain {name!r} at {str(folder)!r}: folders that are not "
+                f"{bench} classes are not read ({', '.join(map(repr, extra[:5]))}"
+                + (f" and {len(extra) - 5} more)" if len(extra) > 5 else ")"),
+                file=sys.stderr,
+            )
+    # The benchmark defines its classes: a class folder without images stays a class (warned).
+    return read_image_folder(folder, classes, name=name)
 
 
 def resolve_image_domain(spec: str, root: str | os.PathLike | None = None) -> ImageDomain:

@@ -154,13 +154,47 @@ def validate_domain(domain: DomainData) -> None:
             raise UserError(f"domain {domain.name!r}: {split} images contain NaN or inf")
 
 
+def _first_label_from(domain: DomainData, limit: int) -> str:
+    """Where ``domain`` first has a label ``>= limit``, for error messages: the list file and
+    line (or the file) of an image domain, the split and row of an in-memory one, else the class
+    (one without images)."""
+    files = getattr(getattr(domain, "source", None), "domain", None)  # an ImageFileSource's
+    if files is not None and hasattr(files, "where"):
+        rows = np.flatnonzero(np.asarray(files.labels) >= limit)
+        if rows.size:
+            return f"label {files.labels[rows[0]]} at {files.where(int(rows[0]))}"
+    else:
+        for split in ("train", "test"):
+            labels = np.asarray(getattr(domain, f"{split}_labels"))
+            rows = np.flatnonzero(labels >= limit)
+            if rows.size:
+                return f"{split} label {labels[rows[0]]} at row {rows[0]}"
+    return f"class {domain.class_names[limit]!r} (label {limit}), which has no image"
+
+
 def check_compatible(source: DomainData, target: DomainData) -> None:
-    """Raises :class:`UserError` unless both domains share the number of classes and the image
-    shape ``(H, W, C)`` — one model and one compiled step must serve both."""
+    """Raises :class:`UserError` unless both domains share the classes and the image shape
+    ``(H, W, C)`` — one model and one compiled step must serve both.
+
+    Sharing the classes means as many classes (the error names the first label of the larger
+    domain beyond the smaller one's: list file and line, or row), and, when both name the
+    same classes, the same order (e.g. an Office-Home list, in the benchmark's order, against
+    an alphabetical ``folder:`` tree would mix up the labels).
+    """
     if source.num_classes != target.num_classes:
+        small, large = sorted((source, target), key=lambda d: d.num_classes)
         raise UserError(
             f"domains {source.name!r} and {target.name!r} have {source.num_classes} and "
-            f"{target.num_classes} classes; adaptation needs the same classes"
+            f"{target.num_classes} classes; adaptation needs the same classes ({large.name!r} has "
+            f"{_first_label_from(large, small.num_classes)}, outside [0, {small.num_classes}))"
+        )
+    names = tuple(source.class_names), tuple(target.class_names)
+    if names[0] != names[1] and sorted(names[0]) == sorted(names[1]):
+        k = next(k for k, (a, b) in enumerate(zip(*names, strict=True)) if a != b)
+        raise UserError(
+            f"domains {source.name!r} and {target.name!r} number the same classes differently "
+            f"(label {k} is {names[0][k]!r} in one and {names[1][k]!r} in the other); read both "
+            "with one class order (e.g. a benchmark name for both, not folder:PATH for one)"
         )
     if source.image_shape != target.image_shape:
         raise UserError(

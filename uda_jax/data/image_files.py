@@ -4,18 +4,38 @@ These are the two formats the official code reads: MetaAlign/GVB image lists (CR
 endings, one integer label per line) and CGDM's ``ImageFolder`` trees. Both become an
 :class:`ImageDomain`: absolute paths, int32 labels and class names, validated once here so
 that training never meets a missing file or a bad label.
+
+What the readers refuse or report (a :class:`UserError` or a one-line ``warning:`` on stderr,
+while the domain is loaded, before anything is trained or written):
+
+- **Classes with no image.** Where the reader infers the classes (a folder tree without
+  ``class_names``: every folder is a class; a list without ``class_names``/``num_classes``: the
+  classes are 0 to its largest label) a class without any image is refused — it would be a
+  phantom class that changes the model's number of outputs (a label typo such as 500 in a
+  10-class list would make 501 classes). Where the caller defines the classes (``class_names``
+  or ``num_classes``, as the benchmarks do) such a class is kept, with a warning.
+- **Symlinks** (folder trees). Every directory is read once, by its real path: the real
+  folders of all classes first, then the symlinked folders. A symlink to a folder that contains
+  it (a loop) or to a folder already read is skipped with a one-line warning; its images count
+  once, in the class where they were read. An image reached twice in one class (two file
+  symlinks) is kept once, with a warning; one reached from two classes, or class folders that
+  are the same folder or nested, are refused.
 """
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import dataclasses
+import itertools
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from uda_jax.data.transforms import pil_to_rgb
 from uda_jax.errors import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
@@ -92,12 +112,15 @@ def read_image_list(
     Relative paths are resolved against ``root`` (default: the list file's folder); absolute
     ones are kept. The number of classes is ``len(class_names)``, else ``num_classes``, else
     ``max label + 1``; class names default to the images' parent folder names when those match
-    the labels one to one, else ``"0", "1", ...``.
+    the labels one to one, else ``"0", "1", ...``. With a given class count a class without
+    any image is kept, with a one-line warning on stderr; with an inferred one it is refused
+    (a label typo must not add phantom classes).
 
     Raises:
       UserError: missing or empty list, a malformed line, a non-integer label, a multi-label
         vector (3+ numeric tokens), a label outside ``[0, num_classes)``, a listed file that
-        does not exist — each naming the list file and line number.
+        does not exist, an inferred class count with classes that have no image (a label typo)
+        — each naming the list file, line number and label.
     """
     list_path = Path(list_file).expanduser()
     if not list_path.is_file():
@@ -142,8 +165,29 @@ def read_image_list(
         lines.append(number)
     if not paths:
         raise UserError(f"image list {str(list_path)!r} lists no images")
+    present = set(labels)
     if num_classes is None:
         num_classes = max(labels) + 1
+        ordered = sorted(present)
+        missing = next((k for k, label in enumerate(ordered) if k != label), None)
+        if missing is not None:  # the first label without an image, below ordered[missing]
+            above = ordered[missing]
+            line = lines[labels.index(above)]
+            gap = f"class {missing}" if above == missing + 1 else f"classes {missing}..{above - 1}"
+            raise UserError(
+                f"{list_path} line {line}: label {above} leaves {gap} without any image (a list "
+                f"without a class count has classes 0..its largest label, {num_classes - 1}); fix "
+                "the label, or give every class an image"
+            )
+    else:
+        empty = [k for k in range(num_classes) if k not in present]
+        if empty:
+            names = [class_names[k] if class_names else str(k) for k in empty]
+            _warn(
+                f"image list {str(list_path)!r} has no image of {len(empty)} of its "
+                f"{num_classes} classes ({_some(names)}); they stay classes, as the class "
+                "count is given, without an accuracy of their own"
+            )
     if class_names is None:
         class_names = _class_names_from_folders(paths, labels, num_classes)
     return ImageDomain(
@@ -161,6 +205,79 @@ def _is_int(token: str) -> bool:
     return token.lstrip("+-").isdigit()
 
 
+def _warn(message: str) -> None:
+    """A one-line ``warning: ...`` on stderr (as the other data warnings)."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def _some(names: list[str], shown: int = 5) -> str:
+    """``'a', 'b', 'c' and 4 more``."""
+    text = ", ".join(repr(n) for n in names[:shown])
+    return text + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
+def _inside(path: str, folder: str) -> bool:
+    """Whether real path ``path`` is ``folder`` or inside it."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _walk_classes(root: Path, tops: list[Path], names: tuple[str, ...]) -> list[list[str]]:
+    """The image files under each class folder ``tops[k]`` (class ``names[k]``; walked paths,
+    unsorted), every directory read once by its real path (see the module docstring)."""
+    real_tops = [os.path.realpath(t) for t in tops]
+    # Sorted by path components, a folder is followed by the folders inside it.
+    by_real = sorted(range(len(tops)), key=lambda k: real_tops[k].split(os.sep))
+    for a, b in itertools.pairwise(by_real):
+        if _inside(real_tops[b], real_tops[a]):
+            how = "the same folder as" if real_tops[a] == real_tops[b] else "inside"
+            raise UserError(
+                f"image folder {str(root)!r}: class folder {str(tops[b])!r} is {how} class folder "
+                f"{str(tops[a])!r} (through a symlink); an image must have one class"
+            )
+    owner: dict[str, int] = {}  # real directory → the class that read it
+    found: list[list[str]] = [[] for _ in tops]
+    links: collections.deque[tuple[int, str]] = collections.deque()
+
+    def fail(error: OSError) -> None:
+        raise UserError(
+            f"image folder {str(root)!r}: cannot list {error.filename!r} ({error.strerror}); make "
+            "it readable or remove it"
+        )
+
+    def walk(label: int, top: str) -> None:
+        for dirpath, dirnames, filenames in os.walk(top, onerror=fail):
+            real = os.path.realpath(dirpath)
+            if real in owner:  # already read through a link to a folder above it (or a mount)
+                dirnames[:] = []
+                continue
+            owner[real] = label
+            linked = [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]
+            links.extend((label, os.path.join(dirpath, d)) for d in linked)
+            dirnames[:] = [d for d in dirnames if d not in linked]  # followed later, if at all
+            found[label] += [
+                os.path.join(dirpath, f) for f in filenames if f.lower().endswith(IMAGE_EXTENSIONS)
+            ]
+
+    for label, top in enumerate(tops):  # the real folders of every class first
+        walk(label, str(top))
+    while links:  # then the symlinked folders, breadth first
+        label, link = links.popleft()
+        target = os.path.realpath(link)
+        if _inside(os.path.realpath(os.path.dirname(link)), target):
+            _warn(
+                f"image folder {str(root)!r}: skipped the symlink loop {link!r} (it links to "
+                f"{target!r}, which contains it)"
+            )
+        elif target in owner:
+            _warn(
+                f"image folder {str(root)!r}: skipped the symlink {link!r} to {target!r}, a "
+                f"folder already read for class {names[owner[target]]!r}"
+            )
+        else:
+            walk(label, link)
+    return found
+
+
 def read_image_folder(
     root: str | os.PathLike,
     class_names: tuple[str, ...] | list[str] | None = None,
@@ -173,13 +290,19 @@ def read_image_folder(
     order for Office-31, VisDA, ImageCLEF, DomainNet; Office-Home needs its explicit order).
     Images are files with the extensions in :data:`IMAGE_EXTENSIONS` (any case), also inside
     nested subfolders of a class; paths are sorted within each class, so order is reproducible.
+    Symlinked folders are followed, each real directory once (a loop or a second link to a
+    folder already read is skipped with a one-line warning; see the module docstring).
 
     Raises:
-      UserError: ``root`` missing, a listed class folder missing, or no images at all.
+      UserError: ``root`` missing, a listed class folder missing, no images at all, a class
+        folder without images when the classes are the folders (``class_names`` not given;
+        given, it is kept with a warning), an image or folder in two classes through symlinks,
+        an unreadable directory.
     """
     root_path = Path(root).expanduser()
     if not root_path.is_dir():
         raise UserError(f"image folder {str(root_path)!r} does not exist")
+    defined = class_names is not None
     if class_names is None:
         class_names = tuple(sorted(p.name for p in root_path.iterdir() if p.is_dir()))
     else:
@@ -190,21 +313,53 @@ def read_image_folder(
                 f"image folder {str(root_path)!r} has no folder for class {missing[0]!r}"
                 + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
             )
+    tops = [root_path / cls for cls in class_names]
+    found = _walk_classes(root_path, tops, class_names)
     paths: list[str] = []
     labels: list[int] = []
-    for label, cls in enumerate(class_names):
-        found = []
-        for dirpath, _, files in os.walk(root_path / cls, followlinks=True):
-            found += [
-                os.path.join(dirpath, f) for f in files if f.lower().endswith(IMAGE_EXTENSIONS)
-            ]
-        found.sort()
-        paths += [str(Path(p).resolve()) for p in found]
-        labels += [label] * len(found)
+    read: dict[str, tuple[int, str]] = {}  # real image file → (class, path it was read as)
+    for label, files in enumerate(found):
+        twice = []
+        for walked in sorted(files):
+            path = str(Path(walked).resolve())
+            if path in read:
+                first_label, first = read[path]
+                if first_label != label:
+                    raise UserError(
+                        f"image {path!r} is in two classes, {class_names[first_label]!r} (as "
+                        f"{first!r}) and {class_names[label]!r} (as {walked!r}), through a "
+                        "symlink; an image must have one class, so remove one of them"
+                    )
+                twice.append(f"{first!r} and {walked!r} are one image")
+                continue
+            read[path] = (label, walked)
+            paths.append(path)
+            labels.append(label)
+        if twice:
+            _warn(
+                f"image folder {str(root_path)!r}: class {class_names[label]!r} reaches "
+                f"{len(twice)} image(s) a second time through symlinks (e.g. {twice[0]}); each "
+                "image is read once"
+            )
     if not paths:
         raise UserError(
             f"image folder {str(root_path)!r} has no images (expected "
             f"ROOT/<class>/<image> with extensions {', '.join(IMAGE_EXTENSIONS)})"
+        )
+    present = set(labels)
+    empty = [k for k in range(len(class_names)) if k not in present]
+    if empty and not defined:
+        more = f" (and {len(empty) - 1} more empty class folders)" if len(empty) > 1 else ""
+        raise UserError(
+            f"image folder {str(root_path)!r}: class folder {str(tops[empty[0]])!r} has no images "
+            f"({', '.join(IMAGE_EXTENSIONS)}){more}; every folder of the root is a class, so add "
+            "its images or remove the folder"
+        )
+    if empty:
+        _warn(
+            f"image folder {str(root_path)!r} has no image of {len(empty)} of its "
+            f"{len(class_names)} classes ({_some([class_names[k] for k in empty])}); they stay "
+            "classes, as the class list defines them, without an accuracy of their own"
         )
     return ImageDomain(
         name=name or root_path.name,
@@ -215,7 +370,9 @@ def read_image_folder(
 
 
 def _readable(path: str) -> str | None:
-    """``None`` if ``path`` decodes completely, else the error text.
+    """``None`` if ``path`` decodes completely and converts to 8-bit RGB
+    (:func:`~uda_jax.data.transforms.pil_to_rgb`: e.g. a float image outside ``[0, 1]`` fails),
+    else the error text.
 
     JPEGs are decoded at 1/8 scale (``draft``): still every byte of the entropy-coded data is
     read, so truncated files fail, at a fraction of the cost of a full decode.
@@ -225,6 +382,7 @@ def _readable(path: str) -> str | None:
             if image.format == "JPEG":
                 image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
             image.load()
+            pil_to_rgb(image)
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ...
         return f"{type(e).__name__}: {e}"
     return None

@@ -21,19 +21,111 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+class ImageValueError(ValueError):
+    """An image whose pixel values have no 8-bit meaning (refused rather than clipped)."""
+
+
+def _from_16_bit(values: np.ndarray) -> np.ndarray:
+    """16-bit values ``[0, 65535]`` → uint8 ``round(v / 257)`` (65535 → 255, 257·k → k; never a
+    tie, as 257 is odd)."""
+    values = np.asarray(values, np.int64)
+    if values.size and (values.min() < 0 or values.max() > 65535):
+        raise ImageValueError(
+            f"integer image with values in [{values.min()}, {values.max()}], outside the 16-bit "
+            "range [0, 65535]; save it as an 8-bit or 16-bit image"
+        )
+    return ((values + 128) // 257).astype(np.uint8)
+
+
+def _from_float(values: np.ndarray) -> np.ndarray:
+    """Float values in ``[0, 1]`` → uint8 ``round(255 v)`` (halves up). Values at most half an
+    8-bit step outside ``[0, 1]`` (rounding noise) become 0 or 255; anything else — NaN, inf,
+    ``[0, 255]`` floats, negative values — is refused, never clipped."""
+    values = np.asarray(values, np.float64)
+    slack = 0.5 / 255.0
+    if values.size and not (
+        np.all(np.isfinite(values)) and values.min() >= -slack and values.max() <= 1.0 + slack
+    ):
+        finite = values[np.isfinite(values)]
+        seen = (
+            f"[{finite.min():g}, {finite.max():g}]" if finite.size == values.size else "NaN or inf"
+        )
+        raise ImageValueError(
+            f"float image with values in {seen}, outside [0, 1]; scale it to [0, 1] or save it "
+            "as an 8-bit image"
+        )
+    return np.clip(np.floor(values * 255.0 + 0.5), 0, 255).astype(np.uint8)
+
+
+def pil_to_rgb(image: Image.Image) -> np.ndarray:
+    """A PIL image of any mode → uint8 ``[H, W, 3]``, every bit depth scaled to 8 bits.
+
+    - 8-bit modes (``L``, ``RGB``, ``P``, ``CMYK``, ``YCbCr``, ``1``, ``LA``, ``RGBA``, ``PA``,
+      ...): PIL's ``.convert("RGB")``, as the official code's loaders: grey is repeated, a palette
+      looked up, CMYK becomes ``255·(1 − C)(1 − K)``, 1-bit 0/255. **Alpha is dropped** (the
+      colour stored under a transparent pixel is kept, as in the official code; it is not
+      composited onto a background).
+    - 16-bit grey (``I;16``, ``I;16B``, ``I;16L``, ``I;16N``) and 32-bit integer ``I`` (read as
+      16-bit): ``round(v / 257)``, repeated to RGB; ``I`` values outside ``[0, 65535]`` are
+      refused. (Pillow decodes 16-bit RGB(A) PNGs to 8-bit itself, keeping each high byte.)
+    - 32-bit float ``F``: values in ``[0, 1]`` → ``round(255 v)``, rounding noise up to half an
+      8-bit step outside ``[0, 1]`` clipped; other values (NaN, floats in ``[0, 255]``, ...)
+      are refused.
+
+    Raises:
+      ImageValueError: integer or float pixel values outside the ranges above.
+      ValueError: a mode PIL cannot convert to RGB.
+    """
+    mode = image.mode
+    if mode.startswith("I;16") or mode == "I":
+        grey = _from_16_bit(np.asarray(image))
+    elif mode == "F":
+        grey = _from_float(np.asarray(image))
+    else:
+        return np.asarray(image.convert("RGB"))
+    return np.repeat(grey[:, :, None], 3, axis=2)
+
+
 def decode_rgb(data: bytes | str) -> np.ndarray:
-    """Decodes encoded image bytes or a file path to uint8 ``[H, W, 3]`` (like PIL ``.convert
-    ("RGB")`` in the official code's loaders: grey and palette images become RGB, alpha is
-    dropped)."""
+    """Decodes encoded image bytes or a file path to uint8 ``[H, W, 3]`` with
+    :func:`pil_to_rgb` (8-bit images exactly as PIL ``.convert("RGB")`` in the official code's
+    loaders: grey and palette images become RGB, alpha is dropped; 16-bit and float images are
+    scaled to 8 bits, not clipped)."""
     source = io.BytesIO(data) if isinstance(data, bytes | bytearray) else data
     with Image.open(source) as image:
-        return np.asarray(image.convert("RGB"))
+        return pil_to_rgb(image)
 
 
 def to_rgb(image: np.ndarray) -> np.ndarray:
-    """uint8 ``[H, W]``/``[H, W, 1]``/``[H, W, 3]``/``[H, W, 4]`` → ``[H, W, 3]``."""
+    """``[H, W]``/``[H, W, 1]``/``[H, W, 3]``/``[H, W, 4]`` → uint8 ``[H, W, 3]`` (alpha dropped).
+
+    uint8 is used as it is; uint16 is 16-bit (``round(v / 257)``); bool is 0/255; floats must be
+    in ``[0, 1]`` (``round(255 v)``); other integer types must hold 8-bit values ``[0, 255]``.
+
+    Raises:
+      ImageValueError: values outside those ranges (never wrapped or clipped).
+      ValueError: another number of channels, or a non-numeric array.
+    """
+    image = np.asarray(image)
+    if image.dtype == np.uint16:
+        image = _from_16_bit(image)
+    elif image.dtype == np.bool_:
+        image = image.astype(np.uint8) * np.uint8(255)
+    elif np.issubdtype(image.dtype, np.floating):
+        image = _from_float(image)
+    elif np.issubdtype(image.dtype, np.integer) and image.dtype != np.uint8:
+        if image.size and (image.min() < 0 or image.max() > 255):
+            raise ImageValueError(
+                f"{image.dtype} image with values in [{image.min()}, {image.max()}], outside the "
+                "8-bit range [0, 255]; give uint8 (or uint16, or float in [0, 1]) images"
+            )
+        image = image.astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise ValueError(f"expected a numeric image, got dtype {image.dtype}")
     if image.ndim == 2:
         image = image[:, :, None]
+    if image.ndim != 3:
+        raise ValueError(f"expected 1, 3 or 4 channels, got image shape {image.shape}")
     if image.shape[2] == 1:
         return np.repeat(image, 3, axis=2)
     if image.shape[2] == 4:
@@ -124,10 +216,11 @@ class ImageTransform:
         return None if self.resize is None else tuple(self.resize)
 
     def __call__(self, image: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
-        """uint8 ``[H, W, C]`` → float32 ``[h, w, 3]``; ``rng`` is required when random."""
+        """uint8 ``[H, W, C]`` (or any depth :func:`to_rgb` scales) → float32 ``[h, w, 3]``;
+        ``rng`` is required when random."""
         if self.is_random and rng is None:
             raise ValueError("a random transform needs an np.random.Generator")
-        image = to_rgb(np.asarray(image, dtype=np.uint8))
+        image = to_rgb(image)
         if self.resize is not None:
             image = resize(image, self.resize)
         if self.crop == "random":
