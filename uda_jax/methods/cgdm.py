@@ -127,6 +127,9 @@ class CGDM(MCD):
         "loss_a",
         "loss_b",
         "loss_c",
+        "grad_norm_a",
+        "grad_norm_b",
+        "grad_norm_c",
     )
     alignment_metrics = ("disc_min", "disc_max", "loss_gd", "loss_c")
 

@@ -31,6 +31,7 @@ from uda_jax.methods.api import (
     StepContext,
     apply_updates,
     classify,
+    global_norm,
     source_and_target,
 )
 from uda_jax.methods.registry import register
@@ -81,7 +82,18 @@ class MCD(Method):
     name = "mcd"
     config_class = McdConfig
     network = NetworkSpec(num_classifiers=2, head="mlp")
-    metrics = ("loss_cls", "disc_min", "disc_max", "loss_ent", "loss_a", "loss_b", "loss_c")
+    metrics = (
+        "loss_cls",
+        "disc_min",
+        "disc_max",
+        "loss_ent",
+        "loss_a",
+        "loss_b",
+        "loss_c",
+        "grad_norm_a",
+        "grad_norm_b",
+        "grad_norm_c",
+    )
     alignment_metrics = ("disc_min", "disc_max", "loss_c")
 
     def extra_a(self, ctx, state, batch, logits) -> tuple[jax.Array, Metrics]:
@@ -115,7 +127,7 @@ class MCD(Method):
         (loss, (stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
         params, opt_state = apply_updates(ctx, state, grads)
         new_state = state.replace(params=params, opt_state=opt_state, batch_stats=stats)
-        return new_state, metrics | {"train/loss_a": loss}
+        return new_state, metrics | {"train/loss_a": loss, "train/grad_norm_a": global_norm(grads)}
 
     def step_b(self, ctx: StepContext, state: TrainState, batch: Batch, rng: jax.Array):
         """Step B: F1 and F2 maximise their target discrepancy, keeping the source CE low."""
@@ -141,7 +153,7 @@ class MCD(Method):
         params, opt_state = apply_updates(ctx, state, grads)
         stats = {**state.batch_stats, "g": g_stats, **f_stats}
         new_state = state.replace(params=params, opt_state=opt_state, batch_stats=stats)
-        return new_state, metrics | {"train/loss_b": loss}
+        return new_state, metrics | {"train/loss_b": loss, "train/grad_norm_b": global_norm(grads)}
 
     def step_c(self, ctx: StepContext, state: TrainState, batch: Batch, rng: jax.Array):
         """One repeat of step C: G minimises the discrepancy (+ entropy, + :meth:`extra_c`)."""
@@ -163,7 +175,7 @@ class MCD(Method):
         )
         params, opt_state = apply_updates(ctx, state, {"g": grads})
         new_state = state.replace(params=params, opt_state=opt_state, batch_stats=stats)
-        return new_state, metrics | {"train/loss_c": loss}
+        return new_state, metrics | {"train/loss_c": loss, "train/grad_norm_c": global_norm(grads)}
 
     def step(
         self, ctx: StepContext, state: TrainState, batch: Batch, rng: jax.Array

@@ -11,7 +11,7 @@ import dataclasses
 import jax
 
 from uda_jax.losses import cross_entropy
-from uda_jax.methods.api import Batch, Method, Metrics, StepContext, apply_updates
+from uda_jax.methods.api import Batch, Method, Metrics, StepContext, apply_updates, global_norm
 from uda_jax.methods.registry import register
 from uda_jax.state import TrainState
 
@@ -22,6 +22,7 @@ class SourceOnly(Method):
     """Source cross-entropy only."""
 
     name = "source_only"
+    metrics = ("loss_cls", "grad_norm")
 
     def step(
         self, ctx: StepContext, state: TrainState, batch: Batch, rng: jax.Array
@@ -44,4 +45,4 @@ class SourceOnly(Method):
         new_state = state.replace(
             step=state.step + 1, params=params, batch_stats=stats, opt_state=opt_state
         )
-        return new_state, {"train/loss_cls": loss}
+        return new_state, {"train/loss_cls": loss, "train/grad_norm": global_norm(grads)}
