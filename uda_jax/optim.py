@@ -124,20 +124,22 @@ class GroupOptimizer:
     Attributes:
       transformation: the update direction at learning rate 1 (decay, optimizer, frozen mask).
       schedule: the base learning rate by training iteration (an ``optax.Schedule``).
-      lr_mult: this group's multiplier of the schedule.
+      lr_mult: this group's multiplier of the schedule, or a pytree of multipliers shaped like
+        the group's parameters (``optimizer.groups`` entries such as ``g/bottleneck``).
     """
 
     transformation: optax.GradientTransformation
     schedule: optax.Schedule
-    lr_mult: float = 1.0
+    lr_mult: Any = 1.0
 
     def init(self, params: PyTree) -> optax.OptState:
         """Fresh optimizer state for ``params``."""
         return self.transformation.init(params)
 
-    def learning_rate(self, step: jax.Array) -> jax.Array:
-        """This group's learning rate at iteration ``step``."""
-        return self.schedule(step) * self.lr_mult
+    def learning_rate(self, step: jax.Array) -> Any:
+        """This group's learning rate at iteration ``step`` (a pytree with per-leaf multipliers)."""
+        base = self.schedule(step)
+        return jax.tree.map(lambda mult: base * mult, self.lr_mult)
 
     def update(
         self, grads: PyTree, state: optax.OptState, params: PyTree, step: jax.Array
@@ -146,7 +148,10 @@ class GroupOptimizer:
         with jax.numpy_dtype_promotion("standard"):  # optax mixes floats and int32 counters
             direction, new_state = self.transformation.update(grads, state, params)
         lr = self.learning_rate(step)
-        updates = jax.tree.map(lambda u: jnp.asarray(lr, u.dtype) * u, direction)
+        if isinstance(self.lr_mult, float | int):
+            updates = jax.tree.map(lambda u: jnp.asarray(lr, u.dtype) * u, direction)
+        else:
+            updates = jax.tree.map(lambda u, r: jnp.asarray(r, u.dtype) * u, direction, lr)
         return optax.apply_updates(params, updates), new_state
 
 
@@ -170,7 +175,7 @@ def build_optimizers(
     Raises:
       UserError: unknown optimizer, keyword or group; weight decay applied twice.
     """
-    unknown_groups = set(config.groups) - set(frozen)
+    unknown_groups = {key.split("/")[0] for key in config.groups} - set(frozen)
     if unknown_groups:
         name = sorted(unknown_groups)[0]
         raise UserError(
@@ -184,7 +189,7 @@ def build_optimizers(
     optimizers = {}
     for group, mask in frozen.items():
         group_config = config.groups.get(group)
-        lr_mult = 1.0 if group_config is None else group_config.lr_mult
+        lr_mult = _multipliers(config, group, mask)
         direction = transformation
         if direction is None:
             kwargs = dict(config.kwargs) | ({} if group_config is None else group_config.kwargs)
@@ -196,6 +201,39 @@ def build_optimizers(
         )
         optimizers[group] = GroupOptimizer(chain, schedule, lr_mult)
     return optimizers
+
+
+def _multipliers(config: OptimizerConfig, group: str, mask: PyTree) -> Any:
+    """The group's ``lr_mult``: a float, or per leaf the longest matching ``group/path`` entry
+    of ``optimizer.groups`` (e.g. ``g/bottleneck``) when the group has such entries."""
+    group_config = config.groups.get(group)
+    base = 1.0 if group_config is None else group_config.lr_mult
+    paths = {k.partition("/")[2]: v for k, v in config.groups.items() if k.startswith(group + "/")}
+    if not paths:
+        return base
+    for key, entry in paths.items():
+        if entry.kwargs:
+            raise UserError(
+                f"optimizer.groups.{group}/{key}.kwargs: optimizer arguments apply to a whole "
+                f"module group; set them in optimizer.groups.{group}.kwargs"
+            )
+    found = set()
+
+    def mult(path, _):
+        name = "/".join(str(getattr(k, "key", k)) for k in path)
+        matches = [p for p in paths if name == p or name.startswith(p + "/")]
+        if not matches:
+            return base
+        found.add(max(matches, key=len))
+        return paths[max(matches, key=len)].lr_mult
+
+    mults = jax.tree_util.tree_map_with_path(mult, mask)
+    for missing in sorted(set(paths) - found):
+        raise UserError(
+            f"optimizer.groups.{group}/{missing}: no parameters of module '{group}' are under "
+            f"'{missing}'; its top-level parts are {', '.join(mask)}"
+        )
+    return mults
 
 
 def optimizer_fn(name: str) -> Callable[..., optax.GradientTransformation]:

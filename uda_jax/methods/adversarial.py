@@ -55,9 +55,9 @@ class Alignment:
     d_input: Callable[[jax.Array, jax.Array], jax.Array]
     transfer_loss: Callable[..., jax.Array]
 
-    def network(self) -> NetworkSpec:
+    def network(self, head_init: str = "normal") -> NetworkSpec:
         """The heads of a method with this alignment: a linear head and a discriminator."""
-        return NetworkSpec(1, "linear", self.bridge, self.input_width)
+        return NetworkSpec(1, "linear", self.bridge, self.input_width, head_init)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,8 +149,8 @@ class Adversarial(Method):
         head_key, d_key = jax.random.split(rng)
 
         def loss_fn(params):
-            features, logits, bridge, stats = head_forward(
-                ctx, params, state.batch_stats, source_and_target(batch), head_key
+            features, logits, bridge, stats = self.forward_both(
+                ctx, params, state.batch_stats, batch, head_key
             )
             terms = classification_terms(logits[:num_source], bridge, batch["source_label"])
             terms |= self.alignment_terms(
@@ -168,6 +168,18 @@ class Adversarial(Method):
             step=state.step + 1, params=params, batch_stats=stats, opt_state=opt_state
         )
         return new_state, self.metrics_of(terms) | {"train/grad_norm": global_norm(grads)}
+
+    def forward_both(self, ctx: StepContext, params, stats, batch: Batch, rng: jax.Array):
+        """Train-mode G and head on the source rows then the target rows: one BatchNorm batch,
+        or two (``separate_batchnorm`` in the config: the source batch, then the target batch,
+        each updating the running statistics). Returns :func:`head_forward`'s outputs."""
+        if not getattr(self.config, "separate_batchnorm", False):
+            return head_forward(ctx, params, stats, source_and_target(batch), rng)
+        key_s, key_t = jax.random.split(rng)
+        f_s, z_s, b_s, stats = head_forward(ctx, params, stats, batch["source_image"], key_s)
+        f_t, z_t, b_t, stats = head_forward(ctx, params, stats, batch["target_image"], key_t)
+        joined = (jnp.concatenate([s, t]) for s, t in ((f_s, f_t), (z_s, z_t), (b_s, b_t)))
+        return (*joined, stats)
 
     def metrics_of(self, terms: Metrics) -> Metrics:
         """The loss terms as ``train/loss_*`` metrics (bridge terms only with bridges)."""

@@ -50,12 +50,16 @@ class NetworkSpec:
       bridge: GVB's bridges on the linear head and the discriminator.
       discriminator_input: the domain discriminator's input width from
         ``(feature_dim, num_classes)``; None for no discriminator (params group ``d``).
+      head_init: the linear head's weight init, ``normal`` (N(0, 0.01²)) or ``kaiming``
+        (the GVB-GD/MetaAlign code's Kaiming-normal); the mlp head follows
+        ``model.classifier_init``.
     """
 
     num_classifiers: int = 1
     head: str = "mlp"
     bridge: bool = False
     discriminator_input: Callable[[int, int], int] | None = None
+    head_init: str = "normal"
 
 
 @dataclasses.dataclass(frozen=True)

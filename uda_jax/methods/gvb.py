@@ -4,6 +4,10 @@ discriminator.
 The head outputs ``logits = fc(f) − gvbg(f)``; the discriminator sees the softmax of those
 logits and outputs ``σ(d − b)`` with its bridge ``b = gvbd(h)``. The transfer loss is GVB's
 entropy-weighted BCE; ``gvbg_weight · mean|z|`` and ``gvbd_weight · mean|b|`` shrink the bridges.
+
+Faithful to the GVB-GD code (https://github.com/cuishuhao/GVB) by default: the head's layers
+start Kaiming-normal with zero biases, and source and target pass BatchNorm as two batches
+(``separate_batchnorm``).
 """
 
 from __future__ import annotations
@@ -29,6 +33,9 @@ class GvbConfig(AdversarialConfig):
 
     gvbg_weight: float = 1.0  # GVB-G: weight of mean|z| of the generator bridge
     gvbd_weight: float = 1.0  # GVB-D: weight of mean|b| of the discriminator bridge
+    # source and target through BatchNorm as two batches, as the GVB-GD code forwards them
+    # (MetaAlign's code concatenates them: around GVB-GD, MetaAlign always does)
+    separate_batchnorm: bool = True
 
     def validate(self, where: str) -> None:
         """The adversarial checks and non-negative bridge weights."""
@@ -45,7 +52,7 @@ class GVB(Adversarial):
     name = "gvb"
     config_class = GvbConfig
     alignment = GVB_ALIGNMENT
-    network = GVB_ALIGNMENT.network()
+    network = GVB_ALIGNMENT.network(head_init="kaiming")  # the GVB-GD code's new layers
     metrics = ("loss_cls", "loss_trs", "loss_gvbg_all", "loss_gvbd", "grad_norm")
     alignment_metrics = ("loss_trs", "loss_gvbg_all", "loss_gvbd")
 

@@ -1,6 +1,9 @@
 """MetaAlign (Wei et al., CVPR 2021): meta-learned coordination of alignment and
 classification, a wrapper around any adversarial method (DANN, CDAN(+E), GVB-GD).
 
+Around GVB-GD it follows the official code; around DANN and CDAN(+E) it is our extension (the
+official code implements MetaAlign for GVB-GD only).
+
 One task is meta-train, the other meta-test; with θ' = θ − α ⊙ ∇L_tr(θ) the objective is
 
     min_θ  L_tr(θ) + L_te(θ')

@@ -158,6 +158,7 @@ def build_network(
     head: str = "mlp",
     bridge: bool = False,
     discriminator_input: Callable[[int, int], int] | None = None,
+    head_init: str = "normal",
     dtype: Any = jnp.float32,
     ops: LayerOps = XLA_OPS,
 ) -> Network:
@@ -167,6 +168,7 @@ def build_network(
       num_classifiers: 1 (group ``f``) or 2 (``f1``, ``f2``).
       head: ``mlp`` (CGDM's classifier) or ``linear`` (the adversarial methods' fc).
       bridge: GVB's bridges on the linear head and the discriminator.
+      head_init: the linear head's weight init, ``normal`` (N(0, 0.01²)) or ``kaiming``.
       discriminator_input: for the adversarial methods, the discriminator's input width as a
         function of ``(feature_dim, num_classes)``; None for no discriminator.
       dtype: compute dtype, ``jnp.float32`` or ``jnp.bfloat16`` (parameters stay float32).
@@ -191,7 +193,9 @@ def build_network(
             **bn_kwargs,
         )
     else:
-        classifier = BridgedClassifier(num_classes=num_classes, bridge=bridge, dtype=dtype)
+        classifier = BridgedClassifier(
+            num_classes=num_classes, bridge=bridge, dtype=dtype, init_scheme=head_init
+        )
     discriminator = None
     if discriminator_input is not None:
         discriminator = Discriminator(

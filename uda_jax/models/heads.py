@@ -104,20 +104,29 @@ class BridgedClassifier(nn.Module):
 
     Returns ``(logits, bridge)`` with ``logits = y − z`` (GVB-GD, Cui et al., CVPR 2020) and
     ``bridge = z`` (zeros without a bridge). The layer names contain ``fc`` / ``gvb`` like the
-    official code's, whose inner MetaAlign step gives them a 10× multiplier. Init: N(0, 0.01²)
-    weights, zero bias (CDAN's ``fc``); Kaiming-normal for GVB's layers would differ only in scale.
+    official code's, whose inner MetaAlign step gives them a 10× multiplier. Init
+    (``init_scheme``):
+    ``normal`` N(0, 0.01²) weights (the default of the DANN/CDAN heads here); ``kaiming``
+    Kaiming-normal weights N(0, 2/fan_in), as the GVB-GD and MetaAlign code initialises its new
+    layers; zero biases either way.
     """
 
     num_classes: int
     bridge: bool = False
     dtype: Any = jnp.float32
+    init_scheme: str = "normal"
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> tuple[jax.Array, jax.Array]:
         del train
+        kernel_init = normal_init(0.0, 0.01)
+        if (
+            self.init_scheme == "kaiming"
+        ):  # torch.nn.init.kaiming_normal_: untruncated N(0, 2/fan_in)
+            kernel_init = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
         dense = lambda name: Dense(
             self.num_classes,
-            kernel_init=normal_init(0.0, 0.01),
+            kernel_init=kernel_init,
             bias_init=nn.initializers.zeros,
             dtype=self.dtype,
             name=name,
