@@ -43,21 +43,27 @@ def main():
 def train(config_path, overrides, mesh, steps):
     """Final parameters (path → array) after ``steps`` steps, and on how many devices they are."""
     import jax
+    import jax.numpy as jnp
 
     from uda_jax.config import load_config
-    from uda_jax.data.pipeline import DomainPairStream
-    from uda_jax.experiment import build_experiment, create_train_state, make_step_fn
+    from uda_jax.data.pipeline import PairStream
+    from uda_jax.experiment import build_experiment, compile_train_step, create_train_state
     from uda_jax.parallel import check_batch_size, replicate, shard_batch
 
     config = load_config(config_path, [*overrides, "run_dir=/tmp/unused"])
     check_batch_size(config.data.batch_size, mesh)
     experiment = build_experiment(config)
-    state = replicate(create_train_state(experiment), mesh)
-    state = state.replace(pseudo_labels=state.pseudo_labels * 0 + 1)
-    step_fn = make_step_fn(experiment)
-    stream = DomainPairStream(experiment.source, experiment.target, config.data.batch_size, 0)
-    for step in range(steps):
-        state, metrics = step_fn(state, shard_batch(next(stream), mesh), step)
+    state = create_train_state(experiment)
+    if "pseudo_labels" in state.extras:  # CGDM: labels for its terms without clustering
+        labels = jnp.ones_like(state.extras["pseudo_labels"])
+        state = state.replace(extras={**state.extras, "pseudo_labels": labels})
+    state = replicate(state, mesh)
+    train_step = compile_train_step(experiment)
+    # the whole global batch on every process (process_count=1); shard_batch keeps each
+    # process's rows
+    with PairStream(experiment.source, experiment.target, config.data.batch_size, 0) as stream:
+        for _ in range(steps):
+            state, metrics = train_step(state, shard_batch(next(stream), mesh))
     jax.block_until_ready(metrics)
     leaves = jax.tree_util.tree_flatten_with_path(state.params)[0]
     params = {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in leaves}

@@ -6,23 +6,34 @@ import json
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from uda_jax.config import load_config
-from uda_jax.data.pipeline import DomainPairStream
-from uda_jax.experiment import build_experiment, create_train_state, make_step_fn
+from uda_jax.data.pipeline import PairStream
+from uda_jax.experiment import build_experiment, compile_train_step, create_train_state
 from uda_jax.parallel import data_mesh, replicate, shard_batch
+
+
+def initial_state(experiment):
+    """The initial state; CGDM's pseudo-labels all 1, so its pseudo-label and L_GD terms have
+    labels to work with from the first step (no clustering needed)."""
+    state = create_train_state(experiment)
+    if "pseudo_labels" in state.extras:
+        labels = jnp.ones_like(state.extras["pseudo_labels"])
+        state = state.replace(extras={**state.extras, "pseudo_labels": labels})
+    return state
 
 
 def train(config, devices, steps):
     experiment = build_experiment(config)
     mesh = data_mesh(devices)
-    state = replicate(create_train_state(experiment), mesh)
-    state = state.replace(pseudo_labels=state.pseudo_labels * 0 + 1)
-    step_fn = make_step_fn(experiment)
-    stream = DomainPairStream(experiment.source, experiment.target, config.data.batch_size, 0)
-    for step in range(steps):
-        state, _ = step_fn(state, shard_batch(next(stream), mesh), step)
+    state = replicate(initial_state(experiment), mesh)
+    train_step = compile_train_step(experiment)
+    with PairStream(experiment.source, experiment.target, config.data.batch_size, 0) as stream:
+        for _ in range(steps):
+            state, _ = train_step(state, shard_batch(next(stream), mesh))
+    assert int(state.step) == steps
     return jax.device_get(state.params), state
 
 

@@ -38,9 +38,9 @@ def test_train_and_evaluate_on_class_folders(folders, tmp_path, capsys):
         "data.eval_batch_size=8",
         "steps=3",
         "eval_every=0",
-        "method.num_k=1",
-        "method.warmup_steps=1",
-        "method.pseudo_interval=1",
+        "cgdm.num_k=1",
+        "cgdm.warmup_steps=1",
+        "cgdm.pseudo_interval=1",
         "model.classifier_widths=[16,16]",
         "progress=false",
         "plots=false",
@@ -68,6 +68,8 @@ def test_corrupt_image_fails_before_training_naming_the_file(folders, tmp_path, 
     args = ["data.source=folder:src", "data.target=folder:tgt", f"data.root={root}"]
     run_dir = tmp_path / "run"
     assert train_main([*args, "data.batch_size=6", f"run_dir={run_dir}"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "dog/3.jpg" in err
+    lines = capsys.readouterr().err.splitlines()
+    # one error line naming the file, after at most the status lines ("[  1.2 s] loading ...")
+    (error,) = [line for line in lines if not line.startswith("[")]
+    assert error.startswith("error: ") and "dog/3.jpg" in error
     assert not run_dir.exists()

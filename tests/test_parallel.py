@@ -1,5 +1,6 @@
 """Data parallelism: the same global batch on 1 and on 8 (CPU) devices gives the same training,
-for every method (source only, MCD, CGDM, DANN, CDAN, GVB with MetaAlign).
+for every kind of step (source only, MCD, CGDM, DANN, and MetaAlign around GVB at second order,
+whose one compiled step holds both role branches).
 
 Runs in subprocesses, since the device count is fixed when JAX starts
 (``XLA_FLAGS=--xla_force_host_platform_device_count=8``).
@@ -25,8 +26,8 @@ SMALL = ["data.batch_size=8", "model.classifier_widths=[32,32]", "model.discrimi
     "config, overrides",
     [
         ("digits_source_only", []),
-        ("digits_mcd", ["method.num_k=2"]),
-        ("digits_cgdm", ["method.num_k=2", "method.warmup_steps=0"]),
+        ("digits_mcd", ["mcd.num_k=2"]),
+        ("digits_cgdm", ["cgdm.num_k=2", "cgdm.warmup_steps=0"]),
         ("digits_dann", []),
         ("digits_gvb_metaalign", ["metaalign.order=second"]),
     ],

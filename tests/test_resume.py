@@ -1,9 +1,13 @@
 """A run you can trust: killed, interrupted or damaged runs resume to bitwise the same result.
 
-The reference is one uninterrupted run; the others are training subprocesses stopped with
-``kill -9`` or SIGTERM at a random step and resumed with the same command.
+The reference is one uninterrupted run; the others are stopped and resumed with the same
+command: a training subprocess killed with ``kill -9`` at a random step, and runs that receive
+SIGTERM right after a chosen iteration (CGDM before its warm-up ends, so the resumed run crosses
+it; MetaAlign after an *align first* iteration, whose fast discriminator weights the next
+iteration reads from the checkpoint).
 """
 
+import functools
 import json
 import os
 import random
@@ -18,43 +22,70 @@ import jax
 import numpy as np
 import pytest
 
+from uda_jax import plots, train
 from uda_jax.checkpoint import Checkpointer
-from uda_jax.config import load_config
+from uda_jax.config import build_config, load_config
 from uda_jax.evaluate import main as evaluate_main
 from uda_jax.experiment import build_experiment, create_train_state
+from uda_jax.run_dir import training_fields
 from uda_jax.train import main
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = 40
+WARMUP = 8
 RUN = [
     f"steps={STEPS}",
     "log_every=1",
     "eval_every=12",
     "checkpoint.every=4",
-    "method.num_k=1",
-    "method.warmup_steps=8",
-    "method.pseudo_interval=8",
+    "cgdm.num_k=1",
+    f"cgdm.warmup_steps={WARMUP}",
+    "cgdm.pseudo_interval=8",
     "model.classifier_widths=[32,32]",
     "data.batch_size=8",
     "progress=false",
 ]
+METAALIGN_STEPS = 6
+METAALIGN_RUN = [
+    str(ROOT / "configs/digits_gvb_metaalign.yaml"),
+    f"steps={METAALIGN_STEPS}",
+    "log_every=1",
+    "eval_every=3",
+    "checkpoint.every=0",
+    "model.discriminator_hidden=32",
+    "data.batch_size=8",
+    "progress=false",
+    "plots=false",
+    "tensorboard=false",
+]
+TSNE_POINTS = 100  # per domain: the t-SNE is most of a tiny run's time; the test only draws it
 
 
 def _records(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+@functools.cache
+def _restore_target(fields: str):
+    """A state shaped like those of the runs whose number-changing config fields are
+    ``fields`` (JSON): what a restore fills in, built once per experiment."""
+    config = build_config(json.loads(fields))
+    return create_train_state(build_experiment(config))
+
+
 def _final_state(run_dir: Path):
     config = load_config(run_dir / "config.yaml")
+    like = _restore_target(json.dumps(training_fields(config), sort_keys=True))
     with Checkpointer(run_dir / "checkpoints", config.checkpoint) as checkpointer:
-        return checkpointer.restore_latest(create_train_state(build_experiment(config)))
+        return checkpointer.restore_latest(like)
 
 
-def _assert_same_run(run_dir: Path, reference: Path) -> None:
+def _assert_same_run(run_dir: Path, reference: Path, steps: int = STEPS) -> None:
     assert (run_dir / "done").exists()
     assert _records(run_dir) == _records(reference)
     mine, theirs = _final_state(run_dir), _final_state(reference)
-    assert mine.step == theirs.step == STEPS
+    assert mine.step == theirs.step == steps
+    assert jax.tree.structure(mine.state) == jax.tree.structure(theirs.state)
     for a, b in zip(jax.tree.leaves(mine.state), jax.tree.leaves(theirs.state), strict=True):
         if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
             a, b = jax.random.key_data(a), jax.random.key_data(b)
@@ -65,9 +96,19 @@ def _assert_same_run(run_dir: Path, reference: Path) -> None:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """One uninterrupted run, with plots."""
+    """One uninterrupted CGDM run, with plots and the t-SNE."""
     run_dir = tmp_path_factory.mktemp("reference") / "run"
-    assert main([*RUN, f"run_dir={run_dir}"]) == 0
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(plots, "TSNE_POINTS_PER_DOMAIN", TSNE_POINTS)
+        assert main([*RUN, "tsne=true", f"run_dir={run_dir}"]) == 0
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def metaalign_reference(tmp_path_factory):
+    """One uninterrupted MetaAlign (GVB) run."""
+    run_dir = tmp_path_factory.mktemp("metaalign") / "run"
+    assert main([*METAALIGN_RUN, f"run_dir={run_dir}"]) == 0
     return run_dir
 
 
@@ -126,21 +167,53 @@ def test_kill_9_at_a_random_step_then_resume_gives_the_same_run(reference, tmp_p
     _assert_same_run(run_dir, reference)
 
 
-def test_sigterm_saves_a_checkpoint_then_resume_gives_the_same_run(reference, tmp_path, capsys):
+def _sigterm_after(monkeypatch, step: int) -> None:
+    """Sends this process a real SIGTERM right after iteration ``step`` (before the loop checks
+    for signals), so the run stops there deterministically."""
+    eval_due = train.eval_due
+
+    def eval_due_then_signal(config, done):
+        if done == step:
+            signal.raise_signal(signal.SIGTERM)  # the handler runs before this returns
+        return eval_due(config, done)
+
+    monkeypatch.setattr(train, "eval_due", eval_due_then_signal)
+
+
+@pytest.mark.parametrize(
+    "method, stop_at",
+    [
+        # before the warm-up ends and off the checkpoint.every grid: the resumed run switches
+        # the pseudo-label and L_GD terms on and makes the first pseudo-label refresh
+        ("cgdm", WARMUP - 2),
+        # after iteration 1 (align first): iteration 2 (cls first) runs the discriminator with
+        # the fast weights restored from the checkpoint's extras
+        ("metaalign", 2),
+    ],
+)
+def test_sigterm_saves_a_checkpoint_then_resume_gives_the_same_run(
+    method, stop_at, request, tmp_path, monkeypatch, capsys
+):
+    if method == "cgdm":
+        run, steps, reference = RUN, STEPS, request.getfixturevalue("reference")
+        run = [*run, "plots=false"]
+    else:
+        run, steps = METAALIGN_RUN, METAALIGN_STEPS
+        reference = request.getfixturevalue("metaalign_reference")
     run_dir = tmp_path / "terminated"
-    proc = _start(run_dir)
-    _wait_for_step(proc, run_dir, 9)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
-    assert "SIGTERM at step" in err and "checkpoint saved" in err and "Traceback" not in err
-    stopped_at = int(err.split("SIGTERM at step ")[1].split(":")[0])
+    with monkeypatch.context() as patch:
+        _sigterm_after(patch, stop_at)
+        assert main([*run, f"run_dir={run_dir}"]) == 128 + signal.SIGTERM
+    err = capsys.readouterr().err
+    assert f"stopped: SIGTERM at step {stop_at}: checkpoint saved" in err
+    assert not (run_dir / "done").exists() and not (run_dir / "results.json").exists()
     config = load_config(run_dir / "config.yaml")
     with Checkpointer(run_dir / "checkpoints", config.checkpoint) as checkpointer:
-        assert max(checkpointer.steps()) == stopped_at < STEPS
-    assert main([*RUN, "plots=false", f"run_dir={run_dir}"]) == 0
-    assert "resumed from the checkpoint of step" in capsys.readouterr().err
-    _assert_same_run(run_dir, reference)
+        assert max(checkpointer.steps()) == stop_at
+    assert max(r["step"] for r in _records(run_dir)) == stop_at
+    assert main([*run, f"run_dir={run_dir}"]) == 0
+    assert f"resumed from the checkpoint of step {stop_at}" in capsys.readouterr().err
+    _assert_same_run(run_dir, reference, steps)
 
 
 def test_half_written_and_damaged_latest_checkpoints_are_skipped(reference, tmp_path, capsys):
