@@ -56,6 +56,7 @@ TINY_OVERRIDES = (
 TINY_METHOD_OVERRIDES = {
     "mcd": ("mcd.num_k=1",),
     "cgdm": ("cgdm.num_k=1", "cgdm.warmup_steps=0"),
+    "swd": ("swd.num_k=1",),
 }
 
 

@@ -35,7 +35,7 @@ def _with(method, **changes):
 
 
 def test_every_method_is_registered():
-    expected = {"source_only", "mcd", "cgdm", "dann", "cdan", "cdan_e", "gvb", "metaalign"}
+    expected = {"source_only", "mcd", "cgdm", "swd", "dann", "cdan", "cdan_e", "gvb", "metaalign"}
     assert set(METHODS) == expected
     assert sorted(METHODS) == METHODS
     for name in METHODS:

@@ -64,13 +64,9 @@ def _split(logits: dict[str, jax.Array], num_source: int):
     return source, target_probs
 
 
-def _common_terms(logits: dict[str, jax.Array], labels: jax.Array):
-    """``(Σ_n CE(z_n_s, y_s), d(p1_t, p2_t), Σ_n Ent(p_n_t))`` of one forward pass."""
-    source, target_probs = _split(logits, labels.shape[0])
-    ce = sum(cross_entropy(source[n], labels) for n in CLASSIFIERS)
-    disc = classifier_discrepancy(target_probs["f1"], target_probs["f2"])
-    ent = sum(information_entropy(target_probs[n]) for n in CLASSIFIERS)
-    return ce, disc, ent
+def discrepancy_key(rng: jax.Array) -> jax.Array:
+    """The key a sub-step hands to :meth:`MCD.discrepancy` (apart from its G and F keys)."""
+    return jax.random.fold_in(rng, 2)
 
 
 @register
@@ -96,6 +92,20 @@ class MCD(Method):
     )
     alignment_metrics = ("disc_min", "disc_max", "loss_c")
 
+    def discrepancy(self, probs1: jax.Array, probs2: jax.Array, rng: jax.Array) -> jax.Array:
+        """``d(p1_t, p2_t)`` of two ``[B, C]`` target probability matrices: the mean absolute
+        difference (``rng`` is for subclasses with a random discrepancy, such as SWD)."""
+        del rng
+        return classifier_discrepancy(probs1, probs2)
+
+    def terms(self, logits: dict[str, jax.Array], labels: jax.Array, rng: jax.Array):
+        """``(Σ_n CE(z_n_s, y_s), d(p1_t, p2_t), Σ_n Ent(p_n_t))`` of one forward pass."""
+        source, target_probs = _split(logits, labels.shape[0])
+        ce = sum(cross_entropy(source[n], labels) for n in CLASSIFIERS)
+        disc = self.discrepancy(target_probs["f1"], target_probs["f2"], rng)
+        ent = sum(information_entropy(target_probs[n]) for n in CLASSIFIERS)
+        return ce, disc, ent
+
     def extra_a(self, ctx, state, batch, logits) -> tuple[jax.Array, Metrics]:
         """A term added to step A's loss, from the classifiers' logits ``[2B, classes]``."""
         del ctx, state, batch
@@ -117,7 +127,7 @@ class MCD(Method):
                 params["g"], state.batch_stats["g"], source_and_target(batch), train=True, rng=g_key
             )
             logits, f_stats = classify(ctx, params, state.batch_stats, features, f_key)
-            ce, _, ent = _common_terms(logits, batch["source_label"])
+            ce, _, ent = self.terms(logits, batch["source_label"], discrepancy_key(rng))
             extra_loss, extra_metrics = self.extra_a(ctx, state, batch, logits)
             loss = ce + weights.entropy_weight * ent + extra_loss
             metrics = {"train/loss_cls": ce, "train/loss_ent": ent} | extra_metrics
@@ -144,7 +154,7 @@ class MCD(Method):
 
         def loss_fn(params):
             logits, f_stats = classify(ctx, params, state.batch_stats, features, f_key)
-            ce, disc, ent = _common_terms(logits, batch["source_label"])
+            ce, disc, ent = self.terms(logits, batch["source_label"], discrepancy_key(rng))
             loss = ce - weights.discrepancy_weight * disc + weights.entropy_weight * ent
             return loss, (f_stats, {"train/disc_max": disc})
 
@@ -165,7 +175,7 @@ class MCD(Method):
                 g_params, state.batch_stats["g"], source_and_target(batch), train=True, rng=g_key
             )
             logits, f_stats = classify(ctx, state.params, state.batch_stats, features, f_key)
-            _, disc, ent = _common_terms(logits, batch["source_label"])
+            _, disc, ent = self.terms(logits, batch["source_label"], discrepancy_key(rng))
             extra_loss, extra_metrics = self.extra_c(ctx, state, batch, features, f_key)
             loss = weights.discrepancy_weight * disc + weights.entropy_weight * ent + extra_loss
             return loss, ({"g": g_stats, **f_stats}, {"train/disc_min": disc} | extra_metrics)

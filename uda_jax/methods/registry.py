@@ -14,7 +14,7 @@ from typing import Any
 from uda_jax.errors import UserError, did_you_mean
 
 _METHODS: dict[str, type] = {}
-_BUILTIN_MODULES = ("source_only", "mcd", "cgdm", "dann", "cdan", "gvb", "metaalign")
+_BUILTIN_MODULES = ("source_only", "mcd", "cgdm", "swd", "dann", "cdan", "gvb", "metaalign")
 _RESERVED = ("method", "model", "data", "optimizer", "checkpoint")
 
 
