@@ -367,3 +367,105 @@ def test_bad_files(tmp_path):
     scalar.write_text("3\n")
     with pytest.raises(UserError, match="must hold a mapping"):
         load_config(scalar)
+
+
+# ----------------------------------------------------------------------------- strict YAML
+
+
+@pytest.mark.parametrize(
+    "text, line, fragment",
+    [
+        ("steps: 3\nseed: 1\nsteps: 4\n", 3, "the key 'steps' is given twice (lines 1 and 3)"),
+        ("model:\n  dropout: 0.1\n  dropout: 0.2\n", 3, "the key 'dropout' is given twice"),
+        ("null: 3\n", 1, "the key null is read as null, not a name"),
+        ("1.5: 3\n", 1, "the key 1.5 is read as a number, not a name"),
+        ("[a, b]: 3\n", 1, "is read as a list, not a name"),
+        ("st\u00e9ps: 3\n", 1, "holds the non-ASCII character '\u00e9' (U+00E9"),
+        ("steps: 010\n", 1, "steps: 010 has a leading zero, which YAML 1.1 reads as the octal"),
+        ("a:\n  b: -010\n", 2, "b: -010 has a leading zero"),
+        ("seed: 0x1F\n", 1, "seed: 0x1F is hexadecimal, which YAML reads as 31"),
+        ("a: [1, 0b10]\n", 1, "0b10 is binary"),
+        ("a: 1_000\n", 1, "a: 1_000 has an underscore"),
+        ("a: 1:30\n", 1, "a: 1:30 is read by YAML 1.1 as the base-60 number 90"),
+        ("a: 1e400\n", 1, "a: 1e400 is too large for a 64-bit float"),
+    ],
+)
+def test_strict_yaml_refuses_what_pyyaml_reads_silently(text, line, fragment):
+    from uda_jax.config import StrictYamlError, load_yaml
+
+    with pytest.raises(StrictYamlError) as info:
+        load_yaml(text)
+    assert info.value.line == line
+    assert fragment in info.value.message, info.value.message
+
+
+def test_strict_yaml_keeps_what_is_unambiguous():
+    from uda_jax.config import load_yaml
+
+    text = "a: 1e-8\nb: 2.5e3\nc: 0\nd: 00\ne: 007\nf: '010'\ng: +5\nh: .inf\ni: -.5\n"
+    assert load_yaml(text) == {
+        "a": 1e-8,  # YAML 1.1 would read text here
+        "b": 2500.0,
+        "c": 0,
+        "d": 0,  # octal and decimal agree
+        "e": 7,
+        "f": "010",
+        "g": 5,
+        "h": float("inf"),  # refused later where a finite number is needed
+        "i": -0.5,
+    }
+    merged = load_yaml("base: &b {x: 1, y: 2}\nmore:\n  <<: *b\n  y: 3\n")
+    assert merged["more"] == {"x": 1, "y": 3}  # a merge key overridden is no duplicate
+
+
+def test_config_file_mistakes_name_the_file_and_line(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("steps: 3\nseed: 1\nsteps: 4\n")
+    message = _error([], path)
+    assert message.startswith(f"config file {path} line 3: the key 'steps' is given twice")
+    path.write_bytes("steps: 3  # caf\u00e9\n".encode("latin-1"))
+    assert "is not UTF-8 text" in _error([], path)
+    path.write_text("1: 2\n")
+    assert "the config key 1 at the top level is a number, not a name" in _error([], path)
+
+
+def test_exponent_numbers_reach_optax_as_floats_and_integer_keys_stay_for_optax():
+    config = load_config(
+        None,
+        [
+            "optimizer.name=adam",
+            "optimizer.weight_decay=0",
+            "optimizer.kwargs.eps=1e-8",
+            "optimizer.schedule=piecewise_constant_schedule",
+            "optimizer.schedule.kwargs.boundaries_and_scales={100: 0.1}",
+            "run_dir='010'",
+        ],
+    )
+    assert config.optimizer.kwargs == {"eps": 1e-8}
+    assert config.optimizer.schedule.kwargs == {"boundaries_and_scales": {100: 0.1}}
+    assert config.run_dir == "010"  # quoted: text, as the message for 010 suggests
+
+
+@pytest.mark.parametrize(
+    "overrides, fragment",
+    [
+        (["steps=010"], "write 10 (or 8 if you meant octal)"),
+        (["seed=0x10"], "write the decimal 16"),
+        (["seed=4294967296"], "seed must be at most 4294967295"),
+        (["steps=2147483648"], "steps must be at most 2147483647"),
+        (["steps=1e3"], "steps must be of type int, got 1000.0 (write 1000)"),
+        (["optimizer.learning_rate=1e400"], "1e400 is too large for a 64-bit float"),
+        (["optimizer.kwargs.momentum=nan"], "optimizer.kwargs.momentum must be a finite number"),
+        (["optimizer.kwargs.momentum=1"], "optimizer.kwargs.momentum must be in [0, 1)"),
+        (["optimizer.schedule=inv", "optimizer.schedule.kwargs.gamma=-1"], "gamma must be >= 0"),
+        (["data.crop_size=300"], "data.crop_size=300 is larger than data.resize=256"),
+        (["data.test_fraction=1"], "data.test_fraction must be in (0, 1)"),
+        (["data.image_size=4"], "data.image_size must be at least 8"),
+        (["run_dir="], "run_dir is empty"),
+        (["optimizer.name=\u0455gd"], "holds the non-ASCII character"),
+        (["optimizer.groups={1: {lr_mult: 2}}"], "the config key 1 under optimizer.groups"),
+        (["optimizer.kwargs={a: 1, a: 2}"], "the key 'a' is given twice"),
+    ],
+)
+def test_values_read_silently_wrong_before_are_refused(overrides, fragment):
+    assert fragment in _error(overrides)

@@ -21,8 +21,11 @@ import contextlib
 import copy
 import dataclasses
 import math
+import os
+import re
 import types
 import typing
+import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -42,17 +45,17 @@ class DataConfig:
     ``domainnet/clipart``, ``list:PATH`` or ``folder:PATH``; see :mod:`uda_jax.data.benchmarks`).
     """
 
-    source: str = "mnist5k"
-    target: str = "ucidigits"
+    source: str = "mnist5k"  # the labelled domain (see the class docstring for the kinds)
+    target: str = "ucidigits"  # the unlabelled domain; its test split is what is reported
     root: str | None = None  # dataset root of image/TFDS domains; default: $UDA_DATA_DIR
     batch_size: int = 32  # per domain: each step sees batch_size source + batch_size target
     image_size: int = 32  # embedded and TFDS digits domains
     test_fraction: float = 0.2  # embedded domains: the held-out share of each class
-    split_seed: int = 0
-    eval_batch_size: int = 256
+    split_seed: int = 0  # embedded domains: the seed of the train/test split
+    eval_batch_size: int = 256  # images per evaluation batch (evaluation and pseudo-labels)
     # image domains: Resize((resize, resize)) → crop → flip → ImageNet normalisation
     resize: int = 256
-    crop_size: int = 224
+    crop_size: int = 224  # image domains: the square crop the network sees
     # random: the ImageCLEF and MetaAlign scripts; center: the CGDM VisDA/DomainNet scripts
     train_crop: typing.Literal["random", "center"] = "random"
     # center: deterministic; train: the random training transform, as the CGDM scripts test
@@ -69,16 +72,16 @@ class ModelConfig:
     pretrained: str | None = None  # ImageNet weights of the backbone (.pth or .safetensors)
     bottleneck_dim: int = 0  # 0: no bottleneck; the ResNet runs of the papers use 256
     train_bottleneck: bool = True  # the official VisDA/DomainNet scripts never step it
-    classifier_widths: tuple[int, ...] = (256, 256)
-    dropout: float = 0.5
+    classifier_widths: tuple[int, ...] = (256, 256)  # hidden widths of the mlp classifier head
+    dropout: float = 0.5  # dropout before each Linear of the mlp classifier head
     # reference: N(0, 0.01²) (the official CGDM code); xavier; pytorch (torch.nn.Linear's default)
     classifier_init: typing.Literal["reference", "xavier", "pytorch"] = "reference"
     # unbiased: PyTorch's running variance (faithful); biased: flax's convention
     bn_running_var: typing.Literal["unbiased", "biased"] = "unbiased"
     bn_momentum: float = 0.1  # PyTorch convention: running ← (1 − m)·running + m·batch
-    bn_eps: float = 1e-5
+    bn_eps: float = 1e-5  # BatchNorm's epsilon in the variance
     discriminator_hidden: int = 1024  # the adversarial methods' domain discriminator
-    discriminator_dropout: float = 0.5
+    discriminator_dropout: float = 0.5  # dropout after each hidden layer of the discriminator
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +90,7 @@ class MethodConfig:
     ``package.module:Name`` of a :class:`uda_jax.methods.Method` subclass defined elsewhere.
     Its options live in its own section, named after it."""
 
-    name: str = "cgdm"
+    name: str = "cgdm"  # a registered method, or package.module:ClassName of your own
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,27 +99,29 @@ class ScheduleConfig:
     ``constant``, or any optax schedule by name (``cosine_decay_schedule``, ...), called with
     ``optimizer.learning_rate`` as its first argument and ``kwargs``; ``t`` is the iteration."""
 
-    name: str = "constant"
-    kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    name: str = "constant"  # constant | inv | any optax schedule (cosine_decay_schedule, ...)
+    kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)  # e.g. {gamma: .., power: ..}
 
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerGroupConfig:
     """Per-module overrides: learning-rate multiplier and optimizer keyword arguments."""
 
-    lr_mult: float = 1.0
-    kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    lr_mult: float = 1.0  # this module's (group or group/path) multiplier of the learning rate
+    kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)  # optimizer arguments of it
 
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
     """Any optax optimizer by name, with its keyword arguments (see :mod:`uda_jax.optim`)."""
 
-    name: str = "sgd"
-    learning_rate: float = 0.01
+    name: str = "sgd"  # any optax optimizer taking a learning rate (sgd, adam, adamw, ...)
+    learning_rate: float = 0.01  # the schedule's base value lr0
     weight_decay: float = 5e-4  # coupled L2 added to the gradient, as torch.optim.SGD does
+    # keyword arguments of the optax optimizer, for every group (groups may override them)
     kwargs: dict[str, Any] = dataclasses.field(default_factory=lambda: {"momentum": 0.9})
     schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
+    # per module group (g, f, f1, f2, d) or module path (g/bottleneck): lr_mult and kwargs
     groups: dict[str, OptimizerGroupConfig] = dataclasses.field(
         default_factory=lambda: {"g": OptimizerGroupConfig(kwargs={"momentum": 0.0})}
     )
@@ -150,12 +155,12 @@ class Config:
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
-    steps: int = 400
-    seed: int = 0
+    steps: int = 400  # training iterations
+    seed: int = 0  # initialisation, batches and dropout: one seed, one run
     eval_every: int = 100  # 0: evaluate only at the end
-    log_every: int = 25
+    log_every: int = 25  # write and show the training metrics every this many steps
     run_dir: str | None = None  # default: runs/<method>_<source>-<target>_<config hash>
-    progress: bool = True
+    progress: bool = True  # progress bar (or plain lines when not a terminal) and status lines
     tensorboard: bool = True  # TensorBoard event files in <run_dir>/tensorboard
     plots: bool = True  # curves.png at the end: losses, learning rate and accuracy by step
     tsne: bool = False  # also features_tsne.png: a t-SNE before/after adaptation (minutes)
@@ -199,8 +204,12 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     """
     raw = to_dict(_fixed_defaults())
     if path is not None:
-        raw = _merge(Config, raw, _expand_names(_read_yaml(resolve_config_path(path))))
-    parsed = [_named_override(*_parse_override(item)) for item in overrides]
+        from_file = _read_yaml(resolve_config_path(path))
+        for key in from_file:
+            _check_name(key, "")
+        raw = _merge(Config, raw, _expand_names(from_file))
+    parsed = [_named_override(*parse_override(item)) for item in overrides]
+    _check_names(raw, parsed)
     new_optimizer = dict(parsed).get("optimizer.name")
     if new_optimizer is not None and new_optimizer != raw.get("optimizer", {}).get("name"):
         _clear_optimizer_kwargs(raw)
@@ -226,6 +235,20 @@ def _expand_names(raw: dict[str, Any]) -> dict[str, Any]:
         if isinstance(node, dict) and isinstance(node.get(last), str):
             node[last] = {"name": node[last]}
     return raw
+
+
+def _check_names(raw: dict[str, Any], parsed: list[tuple[str, Any]]) -> None:
+    """The names of registered things (:data:`_NAMES`) in ASCII, before anything looks them
+    up: a look-alike letter would otherwise read as an unknown name that looks right."""
+    for key, value in parsed:
+        if key in _NAMES and isinstance(value, str):
+            _check_ascii_value(value, key)
+    for key in _NAMES:
+        node: Any = raw
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, str):
+            _check_ascii_value(node, key)
 
 
 def _named_override(key: str, value: Any) -> tuple[str, Any]:
@@ -310,6 +333,8 @@ def build_config(raw: Mapping[str, Any]) -> Config:
 
     if not isinstance(raw, Mapping):
         raise UserError(f"config must be a mapping of keys, got {raw!r}")
+    for key in raw:
+        _check_name(key, "")
     fixed = {k: v for k, v in raw.items() if k in FIXED_SECTIONS}
     config = _build(Config, fixed, "")
     wanted = method_sections(config.method.name, raw)
@@ -380,29 +405,203 @@ def dump_yaml(config: Config) -> str:
     return yaml.safe_dump(to_dict(config), sort_keys=False, allow_unicode=True)
 
 
+class StrictYamlError(yaml.YAMLError):
+    """What :class:`StrictLoader` refuses, with the line (1-based) of the YAML text."""
+
+    def __init__(self, line: int, message: str):
+        super().__init__(message)
+        self.line = line
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.message}"
+
+
+class AmbiguousNumber(StrictYamlError):
+    """A number YAML 1.1 reads other than as the decimal it looks like (``010`` is octal 8)."""
+
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without its silent readings: a key given twice (PyYAML keeps the
+    last one), a key that is not ASCII, a key that is not a name (``null``, ``true``, ``1.5``
+    or a list; integer keys are left to the config check, which refuses them where a name is
+    expected), and a number YAML 1.1 reads other than as the decimal it looks like (``010`` is
+    octal 8, ``0x10``, ``0b10``, ``1_000``, ``1:30`` is base 60)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE_TAG:
+                continue
+            line = key_node.start_mark.line + 1
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, bool) or not isinstance(key, str | int):
+                text = key_node.value if isinstance(key_node, yaml.ScalarNode) else repr(key)
+                raise StrictYamlError(
+                    line,
+                    f"the key {text} is read as {_kind(key)}, not a name; "
+                    "config keys are names such as steps (quote it if you meant text)",
+                )
+            if isinstance(key, str) and not key.isascii():
+                raise StrictYamlError(line, f"the key {key!r} {_non_ascii(key)}; retype it")
+            if key in seen:
+                lines = f" (lines {seen[key]} and {line})" if seen[key] != line else ""
+                raise StrictYamlError(
+                    line,
+                    f"the key {key!r} is given twice{lines}; PyYAML would silently keep the "
+                    "last one: remove one",
+                )
+            seen[key] = line
+            if isinstance(value_node, yaml.ScalarNode):
+                with _naming(key):
+                    self.construct_object(value_node)
+        return super().construct_mapping(node, deep=deep)
+
+
+@contextlib.contextmanager
+def _naming(key: Any):
+    """Puts ``key: `` before the message of an ambiguous number found under it."""
+    try:
+        yield
+    except AmbiguousNumber as err:
+        if not err.message.startswith(f"{key}: "):
+            err.message = f"{key}: {err.message}"
+        raise
+
+
+def _construct_number(loader: StrictLoader, node: yaml.ScalarNode) -> Any:
+    if node.tag.endswith(":int"):
+        value = yaml.SafeLoader.construct_yaml_int(loader, node)
+    else:
+        value = yaml.SafeLoader.construct_yaml_float(loader, node)
+    reason = ambiguous_number(node.value, value)
+    if reason:
+        raise AmbiguousNumber(node.start_mark.line + 1, reason)
+    if isinstance(value, float) and math.isinf(value) and "inf" not in node.value.lower():
+        raise AmbiguousNumber(
+            node.start_mark.line + 1,
+            f"{node.value} is too large for a 64-bit float (it reads as inf); write a finite "
+            "number",
+        )
+    return value
+
+
+StrictLoader.add_constructor("tag:yaml.org,2002:int", _construct_number)
+StrictLoader.add_constructor("tag:yaml.org,2002:float", _construct_number)
+# PyYAML (YAML 1.1) reads 1e-3, 2.5e3 and -.5 as text; YAML 1.2 and every reader of a config
+# read them as numbers, and so does this loader (tried after YAML 1.1's own int and float).
+StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:(?:[0-9]+\.[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?|[0-9]+[eE][-+]?[0-9]+)$"),
+    list("-+.0123456789"),
+)
+
+
+def ambiguous_number(text: str, value: Any) -> str | None:
+    """Why YAML's reading ``value`` of the number ``text`` is not what it looks like, or None:
+    a leading zero (octal in YAML 1.1), hexadecimal, binary, base 60 or an underscore (a number
+    in YAML 1.1, text in YAML 1.2)."""
+    body = text.strip().lstrip("+-")
+    quote = f", or quote it ('{text}') for text"
+    if ":" in body:
+        return f"{text} is read by YAML 1.1 as the base-60 number {value}; write {value}{quote}"
+    if "_" in body:
+        return (
+            f"{text} has an underscore, which YAML 1.1 reads as the number {value} and YAML 1.2 "
+            f"as text; write {value}"
+        )
+    if body[:2].lower() == "0x":
+        return f"{text} is hexadecimal, which YAML reads as {value}; write the decimal {value}"
+    if body[:2].lower() == "0b":
+        return f"{text} is binary, which YAML reads as {value}; write the decimal {value}"
+    if isinstance(value, int) and len(body) > 1 and body.startswith("0"):
+        decimal = int(body, 10) * (-1 if text.strip().startswith("-") else 1)
+        if decimal != value:
+            return (
+                f"{text} has a leading zero, which YAML 1.1 reads as the octal number {value}; "
+                f"write {decimal} (or {value} if you meant octal){quote}"
+            )
+    return None
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    names = {
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        list: "a list",
+        dict: "a mapping",
+    }
+    return names.get(type(value), f"a {type(value).__name__}")
+
+
+def _non_ascii(text: str) -> str:
+    """``holds the non-ASCII character 'е' (U+0435 CYRILLIC SMALL LETTER IE)``."""
+    char = next(c for c in text if not c.isascii())
+    name = unicodedata.name(char, "unnamed")
+    return f"holds the non-ASCII character {char!r} (U+{ord(char):04X} {name})"
+
+
+def load_yaml(text: str) -> Any:
+    """``text`` parsed by :class:`StrictLoader`.
+
+    Raises:
+      StrictYamlError: a duplicate, non-ASCII or non-name key, or an ambiguous number.
+      yaml.YAMLError: not valid YAML.
+    """
+    return yaml.load(text, Loader=StrictLoader)
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"config file not found: {path} (give the path of a YAML file)")
     try:
-        data = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as err:
+        raise UserError(f"config file {path} cannot be read: {err.strerror or err}") from None
+    except UnicodeDecodeError as err:
+        raise UserError(
+            f"config file {path} is not UTF-8 text (byte {err.start}); save it as UTF-8"
+        ) from None
+    try:
+        data = load_yaml(text)
+    except StrictYamlError as err:
+        raise UserError(f"config file {path} line {err.line}: {err.message}") from None
+    except yaml.YAMLError as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise UserError(f"config file {path} is not valid YAML: {first}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        kind = type(data).__name__
-        raise UserError(f"config file {path} must hold a mapping of keys, not a {kind}")
+        raise UserError(f"config file {path} must hold a mapping of keys, not {_kind(data)}")
     return data
 
 
-def _parse_override(item: str) -> tuple[str, Any]:
+def parse_override(item: str) -> tuple[str, Any]:
+    """``(key, value)`` of one ``key=value`` override, the value read as YAML (text that is
+    not valid YAML stays text).
+
+    Raises:
+      UserError: no ``=``, an empty or non-ASCII key, or a value YAML would read silently
+        wrong (a duplicate key, an ambiguous number such as ``010``).
+    """
     key, sep, text = item.partition("=")
     key = key.strip()
     if not sep or not key:
         raise UserError(f"override {item!r} is not of the form key=value (e.g. steps=200)")
+    if not key.isascii():
+        raise UserError(f"override {item!r}: the key {key!r} {_non_ascii(key)}; retype it")
+    if any(not part for part in key.split(".")):
+        raise UserError(f"override {item!r}: the key {key!r} has an empty part (e.g. steps=200)")
     try:
-        value = yaml.safe_load(text) if text.strip() else ""
+        value = load_yaml(text) if text.strip() else ""
+    except StrictYamlError as err:
+        raise UserError(f"override {key}={text}: {err.message}") from None
     except yaml.YAMLError:
         value = text
     return key, value
@@ -431,12 +630,33 @@ def _build(cls: type, raw: Any, where: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     hints = typing.get_type_hints(cls)
     for key in raw:
+        _check_name(key, where)
         if key not in fields:
             raise UserError(_unknown_key_message(str(key), where, list(fields)))
     values = {}
     for name, value in raw.items():
         values[name] = _coerce(hints[name], value, f"{where}{name}")
     return cls(**values)
+
+
+def _check_name(key: Any, where: str) -> None:
+    """A config key must be an ASCII string (YAML reads ``1:`` as a number)."""
+    place = f"under {where.rstrip('.')}" if where else "at the top level"
+    if not isinstance(key, str):
+        raise UserError(
+            f"the config key {key!r} {place} is {_kind(key)}, not a name; config keys are names "
+            "such as steps (quote it if you meant text)"
+        )
+    if not key.isascii():
+        raise UserError(f"the config key {key!r} {place} {_non_ascii(key)}; retype it")
+
+
+# Values that name a registered thing: a look-alike character (a Cyrillic 'е') must not turn a
+# valid name into an unknown one that reads the same.
+_NAMES = ("method.name", "optimizer.name", "optimizer.schedule.name", "model.backbone")
+
+INT_MAX = 2**31 - 1  # JAX counts steps and sizes in 32-bit integers
+SEED_MAX = 2**32 - 1  # a 32-bit seed
 
 
 def _coerce(hint: Any, value: Any, key: str) -> Any:
@@ -457,6 +677,8 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         if value is None and type(None) in options:
             return None
         (inner,) = [t for t in options if t is not type(None)]
+        if inner is str and value == "":
+            raise UserError(f"{key} is empty; write {key}=null (or leave it out) for its default")
         return _coerce(inner, value, key)
     if origin is tuple:
         if not isinstance(value, list | tuple):
@@ -468,13 +690,17 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
             raise UserError(f"{key} must be a mapping, got {value!r}")
         args = typing.get_args(hint)
         inner = args[1] if args else Any
-        return {str(k): _coerce(inner, v, f"{key}.{k}") for k, v in value.items()}
+        for k in value:
+            _check_name(k, key + ".")
+        return {k: _coerce(inner, v, f"{key}.{k}") for k, v in value.items()}
     return _coerce_scalar(hint, value, key)
 
 
 def _coerce_scalar(hint: Any, value: Any, key: str) -> Any:
     if hint is Any:
+        _check_plain_data(value, key)
         return value
+    text = value
     if hint is float and isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
         with contextlib.suppress(ValueError):
             value = float(value)
@@ -482,9 +708,80 @@ def _coerce_scalar(hint: Any, value: Any, key: str) -> Any:
     is_bool_as_number = isinstance(value, bool) and hint is not bool
     if isinstance(value, accepted) and not is_bool_as_number:
         if hint is float and not math.isfinite(float(value)):
-            raise UserError(f"{key} must be a finite number, got {value!r}")
+            shown = text if isinstance(text, str) and text != repr(float(value)) else None
+            got = f"{shown} (read as {float(value)!r})" if shown else repr(value)
+            raise UserError(f"{key} must be a finite number, got {got}")
+        if hint is int:
+            _check_int(value, key)
+        if hint is str and key in _NAMES:
+            _check_ascii_value(value, key)
+        if hint is str and not value.strip():
+            raise UserError(f"{key} is empty; give a value (or leave the key out for its default)")
         return float(value) if hint is float else value
-    raise UserError(f"{key} must be of type {hint.__name__}, got {value!r}")
+    raise UserError(f"{key} must be of type {hint.__name__}, got {value!r}{_int_hint(hint, value)}")
+
+
+def _check_int(value: int, key: str) -> None:
+    """Integers fit JAX's 32 bits (seeds: an unsigned 32-bit seed)."""
+    limit = SEED_MAX if key.rpartition(".")[2] in ("seed", "split_seed") else INT_MAX
+    if value > limit:
+        raise UserError(f"{key} must be at most {limit} (a 32-bit integer), got {value}")
+    if value < -INT_MAX:
+        raise UserError(f"{key} must be at least {-INT_MAX} (a 32-bit integer), got {value}")
+
+
+def _int_hint(hint: Any, value: Any) -> str:
+    """`` (write 1000)`` for an integer written as ``1e3`` or ``1000.0``."""
+    if hint is not int or isinstance(value, bool):
+        return ""
+    with contextlib.suppress(ValueError, TypeError, OverflowError):
+        number = float(value)
+        if math.isfinite(number) and number == int(number) and abs(number) <= INT_MAX:
+            return f" (write {int(number)})"
+    return ""
+
+
+def _check_ascii_value(value: str, key: str) -> None:
+    if value.isascii() or value in _registered(key):
+        return
+    raise UserError(f"{key} {value!r} {_non_ascii(value)}; type the name in ASCII")
+
+
+def _registered(key: str) -> Sequence[str]:
+    """The names registered for ``key`` (a backbone or method of your own may be non-ASCII)."""
+    if key == "model.backbone":
+        from uda_jax.models import BACKBONES
+
+        return list(BACKBONES)
+    if key == "method.name":
+        from uda_jax.methods.registry import names
+
+        return names()
+    return ()
+
+
+def _check_plain_data(value: Any, key: str) -> None:
+    """Free-form values (optimizer and schedule keyword arguments): finite numbers, integers
+    of 32 bits, string keys (integer keys stay: optax's ``boundaries_and_scales``)."""
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            if not math.isfinite(float(value)):
+                raise UserError(f"{key} must be a finite number, got {value}")
+        return
+    if isinstance(value, bool) or value is None:
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"{key} must be a finite number, got {value!r}")
+    if isinstance(value, int):
+        _check_int(value, key)
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            if isinstance(k, str) and not k.isascii():
+                raise UserError(f"the key {k!r} under {key} {_non_ascii(k)}; retype it")
+            _check_plain_data(v, f"{key}.{k}")
+    if isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            _check_plain_data(v, f"{key}[{i}]")
 
 
 def _unknown_key_message(key: str, where: str, valid: list[str]) -> str:
@@ -556,7 +853,86 @@ def validate(config: Config) -> None:
     for group, group_cfg in config.optimizer.groups.items():
         if group_cfg.lr_mult < 0:
             raise UserError(f"optimizer.groups.{group}.lr_mult must be >= 0")
+    _validate_data(config.data)
+    _check_kwargs(config.optimizer.kwargs, "optimizer.kwargs.", _OPTIMIZER_RANGES)
+    for group, group_cfg in config.optimizer.groups.items():
+        _check_kwargs(group_cfg.kwargs, f"optimizer.groups.{group}.kwargs.", _OPTIMIZER_RANGES)
+    _check_kwargs(config.optimizer.schedule.kwargs, "optimizer.schedule.kwargs.", _SCHEDULE_RANGES)
     for name, section in config.sections.items():
         check: Callable[[str], None] | None = getattr(section, "validate", None)
         if check is not None:
             check(f"{name}.")
+
+
+def _validate_data(data: DataConfig) -> None:
+    if not 0 < data.test_fraction < 1:
+        raise UserError(f"data.test_fraction must be in (0, 1), got {data.test_fraction}")
+    if data.image_size < 8:
+        raise UserError(f"data.image_size must be at least 8, got {data.image_size}")
+    if data.crop_size > data.resize:
+        raise UserError(
+            f"data.crop_size={data.crop_size} is larger than data.resize={data.resize}: the crop "
+            "must fit in the resized image; lower data.crop_size or raise data.resize"
+        )
+    cores = os.cpu_count() or 1
+    most = max(8, 4 * cores)
+    if data.num_workers > most:
+        raise UserError(
+            f"data.num_workers={data.num_workers} is more worker processes than this machine "
+            f"can use ({cores} CPU cores); use at most {most} (0 decodes in the main process)"
+        )
+
+
+def _positive(v: float) -> bool:
+    return v > 0
+
+
+def _non_negative(v: float) -> bool:
+    return v >= 0
+
+
+def _unit(v: float) -> bool:
+    return 0 <= v < 1
+
+
+# keyword arguments of optax optimizers and schedules whose range is known, by name
+_OPTIMIZER_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
+    "momentum": (_unit, "in [0, 1)"),
+    "b1": (_unit, "in [0, 1)"),
+    "b2": (_unit, "in [0, 1)"),
+    "decay": (_unit, "in [0, 1)"),
+    "eps": (_non_negative, ">= 0"),
+    "eps_root": (_non_negative, ">= 0"),
+    "weight_decay": (_non_negative, ">= 0"),
+    "initial_accumulator_value": (_non_negative, ">= 0"),
+}
+_SCHEDULE_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
+    "decay_steps": (_positive, "positive"),
+    "transition_steps": (_positive, "positive (a schedule that never changes is 'constant')"),
+    "warmup_steps": (_non_negative, ">= 0"),
+    "transition_begin": (_non_negative, ">= 0"),
+    "init_value": (_non_negative, ">= 0 (a learning rate)"),
+    "peak_value": (_non_negative, ">= 0 (a learning rate)"),
+    "end_value": (_non_negative, ">= 0 (a learning rate)"),
+    "value": (_non_negative, ">= 0 (a learning rate)"),
+    "alpha": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "pct_start": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "decay_rate": (_positive, "positive"),
+    "exponent": (_positive, "positive"),
+    "power": (_non_negative, ">= 0"),
+    "gamma": (_non_negative, ">= 0"),
+    "div_factor": (_positive, "positive"),
+    "final_div_factor": (_positive, "positive"),
+}
+
+
+def _check_kwargs(
+    kwargs: Mapping[str, Any], where: str, ranges: Mapping[str, tuple[Callable, str]]
+) -> None:
+    """The keyword arguments of a known range (``momentum`` in [0, 1), ``decay_steps`` > 0)."""
+    for name, value in kwargs.items():
+        if name not in ranges or isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        test, text = ranges[name]
+        if not test(value):
+            raise UserError(f"{where}{name} must be {text}, got {value}")

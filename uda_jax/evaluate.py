@@ -20,16 +20,17 @@ from uda_jax import cli
 if __name__ == "__main__" and cli.wants_help(sys.argv[1:]):  # answer before JAX is imported
     raise SystemExit(cli.print_help("evaluate"))
 
+import errno
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from uda_jax.checkpoint import Checkpointer
-from uda_jax.config import load_config
+from uda_jax.config import load_config, parse_override
 from uda_jax.data.domains import check_compatible
 from uda_jax.data.sources import AnyDomain, domain_batches, load_data_domain, split_labels
 from uda_jax.errors import UserError, did_you_mean
@@ -55,15 +56,89 @@ def parse_args(argv: Sequence[str]) -> tuple[Path, dict[str, Any]]:
         if key not in KEYS:
             hint = did_you_mean(key, KEYS)
             raise UserError(f"unknown key {key!r}{hint}; valid keys: {', '.join(KEYS)}")
-        value = yaml.safe_load(text) if text else ""
-        if KEYS[key] is str:
-            value = text
+        value = text if KEYS[key] is str else parse_override(arg)[1]
         if not isinstance(value, KEYS[key]) or (KEYS[key] is int and isinstance(value, bool)):
             raise UserError(f"{key} must be of type {KEYS[key].__name__}, got {text!r}")
         options[key] = value
     if options["split"] not in ("train", "test"):
         raise UserError(f"split must be train or test, got {options['split']!r}")
+    if "features" in options:
+        if not options["features"].strip():
+            raise UserError("features= is empty; give a file path ending in .npz")
+        check_features_path(Path(options["features"]))
     return Path(argv[0]), options
+
+
+def check_features_path(out: Path) -> None:
+    """Refuses a ``features=`` path that cannot be written, before the evaluation runs.
+
+    Raises:
+      UserError: a folder, no ``.npz`` suffix (numpy would add one), its folder missing or
+        not writable, a name too long, or a read-only file or dangling symlink in its place.
+    """
+    try:
+        _check_features_path(out)
+    except OSError as err:  # a folder on the way that cannot be looked into (EACCES)
+        raise UserError(
+            f"features={out}: cannot look at {err.filename or out} ({err.strerror or err}); "
+            "choose another path"
+        ) from None
+
+
+def _check_features_path(out: Path) -> None:
+    name_max = _name_max(out.parent)
+    if len(os.fsencode(out.name)) + 16 > name_max:  # with the temporary file's affixes
+        raise UserError(
+            f"features={out}: the file name is longer than this filesystem allows ({name_max} "
+            "bytes); choose a shorter name"
+        )
+    if out.is_dir():
+        raise UserError(
+            f"features={out} is a folder; give a file path ending in .npz "
+            f"(e.g. features={out / 'features.npz'})"
+        )
+    if out.suffix != ".npz":
+        raise UserError(
+            f"features={out} does not end in .npz (numpy would write {out}.npz); "
+            f"write features={out}.npz"
+        )
+    folder = out.parent
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"features={out}: {folder} is a file, not a folder; choose another path")
+    if not folder.is_dir():
+        raise UserError(f"features={out}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"features={out}: no permission to write in {folder}; choose another path")
+    if out.is_symlink() and not out.exists():
+        raise UserError(
+            f"features={out} is a symlink to {os.readlink(out)}, which does not exist; "
+            "choose another path"
+        )
+    if out.exists() and not os.access(out, os.W_OK):
+        raise UserError(f"features={out} exists and is read-only; choose another path")
+
+
+def _name_max(folder: Path) -> int:
+    """NAME_MAX of the filesystem of ``folder`` (or of the nearest folder above that exists)."""
+    for candidate in [folder, *folder.parents]:
+        try:
+            return os.pathconf(candidate, "PC_NAME_MAX")
+        except (OSError, ValueError):
+            continue
+    return 255
+
+
+def write_features(out: Path, **arrays: np.ndarray) -> None:
+    """``np.savez`` through a temporary file in the same folder, so ``out`` is never
+    half-written (a full disk leaves no file behind)."""
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **arrays)
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def locate(path: Path, step: int | None) -> tuple[Path, int | None]:
@@ -123,9 +198,10 @@ def evaluate(path: Path, options: dict[str, Any]) -> dict[str, Any]:
     metrics = classification_metrics(predictions, labels, domain.class_names)
     if options.get("features"):
         out = Path(options["features"])
-        if not out.parent.is_dir():
-            raise UserError(f"features={out}: the folder {out.parent} does not exist")
-        np.savez(out, features=features, logits=logits, predictions=predictions, labels=labels)
+        check_features_path(out)  # again: the folder may have changed while evaluating
+        write_features(
+            out, features=features, logits=logits, predictions=predictions, labels=labels
+        )
     return {
         "run_dir": str(run_dir),
         "step": restored.step,
@@ -152,7 +228,8 @@ def format_table(result: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit code (2 for any user mistake)."""
+    """Entry point; returns the exit code: 2 for any user mistake (found before the
+    evaluation runs), 1 for a disk that fills while the features are written."""
     argv = sys.argv[1:] if argv is None else argv
     try:
         path, options = parse_args(argv)
@@ -163,6 +240,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("stopped: interrupted (Ctrl-C); evaluate writes nothing", file=sys.stderr)
         return 130
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f" {err.filename}" if err.filename else ""
+        print(
+            f"error: disk full while writing{where}; no features file was written", file=sys.stderr
+        )
+        return 1
     print(json.dumps(result) if options["json"] else format_table(result))
     return 0
 

@@ -20,6 +20,7 @@ if __name__ == "__main__" and cli.wants_help(sys.argv[1:]):  # answer before JAX
 
 import contextlib
 import dataclasses
+import errno
 import functools
 import json
 from collections.abc import Sequence
@@ -61,6 +62,7 @@ from uda_jax.parallel import (
 from uda_jax.run_dir import (
     exclusive,
     finished_twin,
+    latest_checkpoint_step,
     resolve_run_dir,
     training_fields,
     truncate_metrics,
@@ -268,8 +270,15 @@ def parse_args(argv: Sequence[str]) -> tuple[str | None, list[str]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit code (2 for any user mistake)."""
+    """Entry point; returns the exit code.
+
+    0: done. 2: a user mistake (config, data, paths), refused before anything is written.
+    1: the run started and failed: a NaN or inf loss or parameter, or a disk that is full
+    (or turned read-only) while the run writes; the newest complete checkpoint stays, so the
+    same command resumes from it. 130/143: stopped by Ctrl-C/SIGTERM after a checkpoint.
+    """
     argv = sys.argv[1:] if argv is None else argv
+    run_dir = None
     try:
         path, overrides = parse_args(argv)
         config = load_config(path, overrides)
@@ -288,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except TrainingError as err:
-        print(f"error: {err}; the last good checkpoint is kept", file=sys.stderr)
+        print(f"error: {err}; {_kept(run_dir)}", file=sys.stderr)
         return 1
     except Interrupted as err:
         print(f"stopped: {err}", file=sys.stderr)
@@ -296,8 +305,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C outside the training loop (start-up, plots)
         print("stopped: interrupted (Ctrl-C) outside the training steps", file=sys.stderr)
         return 130
+    except Exception as err:  # last: only a full or read-only disk, others go on
+        failure = _write_failure(err)
+        if failure is None:
+            raise
+        print(f"error: {failure}; {_kept(run_dir, resumable=True)}", file=sys.stderr)
+        return 1
     print(summary_line(results, run_dir))
     return 0
+
+
+def _kept(run_dir: Path | None, *, resumable: bool = False) -> str:
+    """What a failed run leaves: its newest complete checkpoint, if any. ``resumable``: the
+    failure was not the run's own (a full disk), so the same command continues from it."""
+    step = None if run_dir is None else latest_checkpoint_step(run_dir)
+    if step is None:
+        if resumable:
+            return "no checkpoint was saved yet, so the same command starts again from step 0"
+        return "no checkpoint was saved yet"
+    kept = f"the last good checkpoint (step {step}) is kept"
+    return f"{kept}; the same command resumes from it" if resumable else kept
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+_NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def _write_failure(err: BaseException) -> str | None:
+    """One line for a full or read-only disk met while the run writes (an ``OSError`` raised
+    directly or wrapped by orbax), else None."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in (*_DISK_FULL, *_NOT_WRITABLE):
+            where = f" {err.filename}" if err.filename else ""
+            if err.errno in _DISK_FULL:
+                return f"disk full while writing{where} (free some space)"
+            if err.errno == errno.EROFS:
+                return f"cannot write{where}: the file system turned read-only"
+            return f"no permission for{where} ({err.strerror or 'permission denied'})"
+        err = err.__cause__ or err.__context__
+    return None
 
 
 if __name__ == "__main__":
