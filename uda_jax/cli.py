@@ -3,6 +3,8 @@ before JAX is imported (the help lists every key from the config classes' source
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -22,6 +24,13 @@ Keys:
   features=PATH    also write features, logits, predictions and labels to PATH (.npz)
   json=true        print the metrics as one JSON object instead of a table
 """
+
+
+def quiet_interrupt(signum: int, frame: object) -> None:
+    """SIGINT while the modules load (before ``main`` runs): one line and exit 130."""
+    del signum, frame
+    print("stopped: interrupted (Ctrl-C) while starting", file=sys.stderr, flush=True)
+    os._exit(130)
 
 
 def wants_help(argv: Sequence[str]) -> bool:
@@ -45,6 +54,7 @@ def train(argv: Sequence[str] | None = None) -> int:
     if wants_help(argv):
         print_help("train")
         return 0
+    signal.signal(signal.SIGINT, quiet_interrupt)
     from uda_jax.train import main
 
     return main(argv)

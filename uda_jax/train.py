@@ -11,12 +11,16 @@ Without arguments it trains CGDM on the embedded task mnist5k → ucidigits.
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 
 from uda_jax import cli
 
-if __name__ == "__main__" and cli.wants_help(sys.argv[1:]):  # answer before JAX is imported
-    raise SystemExit(cli.print_help("train"))
+if __name__ == "__main__":
+    if cli.wants_help(sys.argv[1:]):  # answer before JAX is imported
+        raise SystemExit(cli.print_help("train"))
+    signal.signal(signal.SIGINT, cli.quiet_interrupt)  # Ctrl-C while the modules load
 
 import contextlib
 import dataclasses
@@ -277,6 +281,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     (or turned read-only) while the run writes; the newest complete checkpoint stays, so the
     same command resumes from it. 130/143: stopped by Ctrl-C/SIGTERM after a checkpoint.
     """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C: KeyboardInterrupt
     argv = sys.argv[1:] if argv is None else argv
     run_dir = None
     try:
