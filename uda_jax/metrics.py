@@ -13,6 +13,8 @@ from types import TracebackType
 
 from tqdm import tqdm
 
+import uda_jax
+
 
 class MetricsWriter:
     """Appends one JSON object per line: ``{"step": int, "<name>": float, ...}``, and, with
@@ -62,12 +64,10 @@ class MetricsWriter:
             self._tensorboard.close()
 
 
-_START = time.perf_counter()
-
-
 def status(text: str) -> None:
     """One line on stderr with the seconds since start: what a long silent phase is doing."""
-    print(f"[{time.perf_counter() - _START:6.1f} s] {text}", file=sys.stderr, flush=True)
+    elapsed = time.perf_counter() - uda_jax.START_TIME
+    print(f"[{elapsed:6.1f} s] {text}", file=sys.stderr, flush=True)
 
 
 class ProgressBar:
