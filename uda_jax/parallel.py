@@ -1,4 +1,4 @@
-"""Data parallelism through sharding, on one host or several (DESIGN principles 5 and 12).
+"""Data parallelism through sharding, on one host or several.
 
 One ``Mesh`` over the devices with a ``data`` axis; batches are split along it, the train state
 is replicated, and ``jax.jit`` inserts the collectives. This is the current form of what

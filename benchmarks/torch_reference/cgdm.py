@@ -1,10 +1,11 @@
-"""One CGDM iteration in PyTorch, as the official ``train_visda.py::train`` (reference §1.5).
+"""One CGDM iteration in PyTorch, as the official ``train_visda.py::train``
+(https://github.com/lijin118/CGDM).
 
 Steps A (G, F1, F2: source CE + 0.01·E + α·pseudo-label weighted CE), B (F1, F2: source CE −
 d + 0.01·E) and C ×num_k (G: d + 0.01·E + β·L_GD), each with its own train-mode forward pass of
-the concatenated 2B batch. ``L_GD`` (``gradient_discrepancy_loss_margin``, §1.6) takes the
+the concatenated 2B batch. ``L_GD`` (``gradient_discrepancy_loss_margin``) takes the
 classifier-parameter gradients with ``torch.autograd.grad(create_graph=True)`` and is
-differentiated w.r.t. G: double backprop. Gradients the reference computes and then discards
+differentiated w.r.t. G: double backprop. Gradients the official code computes and then discards
 (G in step B, F1/F2 in step C) are not computed here, as the JAX step does not compute them.
 """
 
@@ -64,7 +65,7 @@ def weighted_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def safe_cosine(x: torch.Tensor, y: torch.Tensor, dim: int) -> torch.Tensor:
-    """PyTorch 1.6's ``cosine_similarity``: ``x·y / sqrt(max(Σx²·Σy², ε²))`` (Part VII §2)."""
+    """PyTorch 1.6's ``cosine_similarity`` (the CGDM code's): ``x·y / sqrt(max(Σx²·Σy², ε²))``."""
     norms = (x * x).sum(dim) * (y * y).sum(dim)
     return (x * y).sum(dim) / torch.sqrt(torch.clamp(norms, min=COS_EPS**2))
 
@@ -149,7 +150,7 @@ class CGDMIteration:
         (ce + s.entropy_weight * ent + s.pseudo_weight * pseudo).backward()
         self.opt_g.step()
         self.opt_f.step()
-        # B: F1, F2 (the reference backpropagates into G and discards it; skipped here).
+        # B: F1, F2 (the official code backpropagates into G and discards it; skipped here).
         self.opt_f.zero_grad(set_to_none=True)
         _, logits = self._forward(x, detach_g=True)
         ce, disc, ent = self._terms(logits, b, ys)

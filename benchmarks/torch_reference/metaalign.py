@@ -1,4 +1,5 @@
-"""One GVB-GD + MetaAlign iteration in PyTorch, as the official code (reference §2.3–2.6).
+"""One GVB-GD + MetaAlign iteration in PyTorch, as the official code
+(https://github.com/microsoft/MetaAlign).
 
 Iterations alternate (``--step 1``): even = *cls first* (inner step on the source CE + GVB-G
 penalty over G and the head; meta-test = GVB-GD alignment at θ' on the concatenated batch, with

@@ -1,7 +1,7 @@
-"""PyTorch networks of the reference code, compact: CGDM's LeNet encoder and ``ResClassifier``,
+"""PyTorch networks of the official code, compact: CGDM's LeNet encoder and ``ResClassifier``,
 a torchvision-identical ResNet-50 trunk, GVB's bridged head and ``AdversarialNetwork``.
 
-Written from ``reference/algorithms.md`` §1.3 and §2.5 (torchvision is not a dependency).
+Written from the CGDM and GVB-GD code's network definitions (torchvision is not a dependency).
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ class ResNet50(nn.Module):
 
 
 class Generator(nn.Module):
-    """G: a backbone, then an optional ``Linear(dim → bottleneck)`` (``ResBottle``, §1.3.1)."""
+    """G: a backbone, then an optional ``Linear(dim → bottleneck)`` (``ResBottle``)."""
 
     def __init__(self, backbone: nn.Module, feature_dim: int, bottleneck_dim: int = 0) -> None:
         super().__init__()
@@ -99,7 +99,7 @@ class Generator(nn.Module):
 
 
 class ResClassifier(nn.Module):
-    """CGDM's classifier: per width, dropout → Linear → BN1d → ReLU; then Linear (§1.3.2)."""
+    """CGDM's ``ResClassifier``: per width, dropout → Linear → BN1d → ReLU; then Linear."""
 
     def __init__(self, in_dim: int, widths: Sequence[int], num_classes: int, p: float = 0.5):
         super().__init__()
@@ -122,7 +122,7 @@ class ResClassifier(nn.Module):
 
 
 class BridgedHead(nn.Module):
-    """GVB-G head: ``(fc(f) − gvbg(f), gvbg(f))`` (§2.5)."""
+    """GVB-G head: ``(fc(f) − gvbg(f), gvbg(f))`` (GVB-GD)."""
 
     def __init__(self, in_dim: int, num_classes: int) -> None:
         super().__init__()
