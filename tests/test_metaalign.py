@@ -213,9 +213,11 @@ def test_one_traced_branch_equals_each_fixed_role_and_compiles_once(tiny_experim
         assert metrics.keys() == expected_metrics.keys()
         for name in metrics:
             np.testing.assert_allclose(metrics[name], expected_metrics[name], rtol=1e-5, atol=1e-7)
-        _tree_close(got.params, expected.params, rtol=1e-6, atol=1e-7)
-        _tree_close(got.batch_stats, expected.batch_stats, rtol=1e-6, atol=1e-7)
-        _tree_close(got.extras, expected.extras, rtol=1e-6, atol=1e-7)
+        # float32, second order: the two compilations fuse differently (one element in 800
+        # differs by ~1e-7 absolute); a wrong role would differ by far more (checked below)
+        _tree_close(got.params, expected.params, rtol=1e-5, atol=1e-6)
+        _tree_close(got.batch_stats, expected.batch_stats, rtol=1e-5, atol=1e-6)
+        _tree_close(got.extras, expected.extras, rtol=1e-5, atol=1e-6)
         differs = jax.tree.map(lambda a, b: not np.allclose(a, b), got.params, other.params)
         assert any(jax.tree.leaves(differs))  # the two roles are different iterations
     assert len(traces) == 1
