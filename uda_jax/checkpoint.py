@@ -185,33 +185,32 @@ class Checkpointer:
             from their checksums (damaged).
           ConfigMismatch: it was saved by a run whose number-changing config fields differ.
         """
+        where = self.directory / str(step)
+        meta = self._read(step, where, meta=ocp.args.JsonRestore()).meta
+        self._check_identity(step, meta)
+        out = self._read(
+            step,
+            where,
+            state=ocp.args.StandardRestore(_abstract(_to_tree(like))),
+            data=ocp.args.JsonRestore(),
+        )
+        self._check_checksums(where, out.state, meta)
+        return Restored(step, _from_tree(out.state, like), out.data, meta)
+
+    def _read(self, step: int, where: Path, **items: Any) -> Any:
+        """Restores the named items of checkpoint ``step``; any failure is one UserError line."""
         try:
-            out = self._manager.restore(
-                step,
-                args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(_abstract(_to_tree(like))),
-                    data=ocp.args.JsonRestore(),
-                    meta=ocp.args.JsonRestore(),
-                ),
-            )
+            return self._manager.restore(step, args=ocp.args.Composite(**items))
         except Exception as err:  # orbax raises many types for unreadable or mismatched data
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            what = "its metadata" if set(items) == {"meta"} else "its arrays"
             raise UserError(
-                f"checkpoint {self.directory / str(step)} cannot be restored: {first[:300]}"
+                f"checkpoint {where} is damaged or incompatible: {what} cannot be read "
+                f"({first[:160]})"
             ) from None
-        self._verify(step, out.state, out.meta)
-        return Restored(step, _from_tree(out.state, like), out.data, out.meta)
 
-    def _verify(self, step: int, tree: PyTree, meta: dict[str, Any]) -> None:
-        """Checks the restored arrays against their checksums and the config against ours."""
-        where = self.directory / str(step)
-        saved = meta.get("checksums")
-        if saved is None:
-            raise UserError(f"checkpoint {where} has no checksums (written by an older uda-jax)")
-        damaged = sorted(k for k, v in checksums(tree).items() if saved.get(k) != v)
-        if damaged or set(saved) != set(checksums(tree)):
-            first = damaged[0] if damaged else "the set of arrays"
-            raise UserError(f"checkpoint {where} is damaged: {first} differs from its checksum")
+    def _check_identity(self, step: int, meta: dict[str, Any]) -> None:
+        """Refuses a checkpoint saved by a run whose number-changing config fields differ."""
         if self.identity is not None and meta.get("config_hash") != identity_hash(self.identity):
             fields = _differences(meta.get("config", {}), self.identity)
             raise ConfigMismatch(
@@ -219,6 +218,18 @@ class Checkpointer:
                 f"(config fields that differ: {', '.join(fields[:8]) or 'unknown'}); "
                 "use the same config or another run_dir"
             )
+
+    @staticmethod
+    def _check_checksums(where: Path, tree: PyTree, meta: dict[str, Any]) -> None:
+        """Refuses arrays whose SHA-256 differs from the one saved with them."""
+        saved = meta.get("checksums")
+        if saved is None:
+            raise UserError(f"checkpoint {where} has no checksums (written by an older uda-jax)")
+        actual = checksums(tree)
+        damaged = sorted(k for k, v in actual.items() if saved.get(k) != v)
+        if damaged or set(saved) != set(actual):
+            first = damaged[0] if damaged else "the set of arrays"
+            raise UserError(f"checkpoint {where} is damaged: {first} differs from its checksum")
 
     def restore_latest(self, like: TrainState) -> Restored | None:
         """The newest checkpoint that can be read, or None when there is none.
