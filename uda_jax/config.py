@@ -158,6 +158,9 @@ class Config:
     steps: int = 400  # training iterations
     seed: int = 0  # initialisation, batches and dropout: one seed, one run
     eval_every: int = 100  # 0: evaluate only at the end
+    # BatchNorm statistics evaluation predicts with. running: those of training (the papers);
+    # target: AdaBN, recomputed from the target training split before each evaluation
+    eval_batchnorm: typing.Literal["running", "target"] = "running"
     log_every: int = 25  # write and show the training metrics every this many steps
     run_dir: str | None = None  # default: runs/<method>_<source>-<target>_<config hash>
     progress: bool = True  # progress bar (or plain lines when not a terminal) and status lines

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from uda_jax.data.sources import domain_batches, num_examples
-from uda_jax.experiment import Experiment, compile_predict, create_train_state
+from uda_jax.experiment import Experiment, compile_predict, create_train_state, jit
 from uda_jax.state import TrainState
 
 PyTree = Any
@@ -58,12 +58,82 @@ def classification_metrics(
     return metrics
 
 
+def pool_moments(chunks: Iterable[tuple[PyTree, int]]) -> PyTree:
+    """Per BatchNorm layer, the mean and biased variance of the union of batches, from each
+    batch's ``(moments, size)`` as :meth:`uda_jax.models.Network.batchnorm_moments` reports them
+    (accumulated in float64): ``{... {"mean": [C], "var": [C]}}`` at each layer's path."""
+    sums, total = None, 0
+    for moments, size in chunks:
+        weighted = jax.tree.map(lambda m, n=size: n * np.asarray(m, np.float64), moments)
+        sums = weighted if sums is None else jax.tree.map(np.add, sums, weighted)
+        total += size
+    if sums is None:
+        raise ValueError("no batches to pool BatchNorm statistics from")
+    return _layer_statistics(jax.tree.map(lambda s: s / total, sums))
+
+
+def _layer_statistics(means: dict) -> dict:
+    if "moments" in means:
+        (layer,) = means["moments"]  # each layer runs once per forward pass
+        return {"mean": layer["mean"], "var": np.maximum(layer["square"] - layer["mean"] ** 2, 0)}
+    return {name: _layer_statistics(sub) for name, sub in means.items()}
+
+
+def _with_statistics(stats: PyTree, new: PyTree) -> PyTree:
+    """``stats`` with the layers of ``new`` replaced (same dtype); other layers unchanged."""
+    if not isinstance(stats, dict):
+        return stats
+    out = {}
+    for name, sub in stats.items():
+        if name not in new:
+            out[name] = sub
+        elif isinstance(new[name], dict):
+            out[name] = _with_statistics(sub, new[name])
+        else:
+            out[name] = jnp.asarray(new[name], jnp.asarray(sub).dtype)
+    return out
+
+
 class Predictor:
     """Eval-mode predictions of an experiment's network on its domains (compiled once)."""
 
     def __init__(self, experiment: Experiment):
         self.experiment = experiment
         self._predict = compile_predict(experiment)
+        self._moments = jit(experiment, experiment.ctx.network.batchnorm_moments)
+
+    def adapt_batchnorm(self, state: TrainState) -> TrainState:
+        """AdaBN (Li et al., ICLR workshop 2017, arXiv 1603.04779): ``state`` with every
+        BatchNorm layer's running mean and variance replaced by the target domain's.
+
+        One train-mode pass over the target training split in evaluation batches (the
+        deterministic test transform; dropout on, as in training, from a key of the seed).
+        Each layer pools its batches' means and mean squares weighted by batch size, so its
+        statistics are those of the whole split with the earlier layers normalising by their
+        batch statistics (the usual one-pass AdaBN); the variance is the biased one. Layers
+        other than :class:`uda_jax.models.layers.BatchNorm` keep their statistics.
+        """
+        experiment = self.experiment
+        key = jax.random.fold_in(jax.random.key(experiment.config.seed), 0xADA)
+        batches = domain_batches(experiment.target, "train", experiment.config.data)
+        chunks = (
+            (
+                self._moments(
+                    state.params, state.batch_stats, images[:n], jax.random.fold_in(key, i)
+                ),
+                n,
+            )
+            for i, (images, _, n) in enumerate(batches)
+        )
+        statistics = pool_moments(chunks)
+        return state.replace(batch_stats=_with_statistics(state.batch_stats, statistics))
+
+    def evaluated(self, state: TrainState) -> TrainState:
+        """The state evaluation predicts with: ``state``, or with the target's BatchNorm
+        statistics (:meth:`adapt_batchnorm`) when the config says ``eval_batchnorm: target``."""
+        if self.experiment.config.eval_batchnorm == "target":
+            return self.adapt_batchnorm(state)
+        return state
 
     def __call__(
         self, state: TrainState, domain: str, split: str, rows: np.ndarray | None = None
@@ -77,7 +147,7 @@ class Predictor:
     def evaluate_target(self, state: TrainState) -> dict[str, float]:
         """Accuracy metrics on the target test split, keys ``eval/target_...``."""
         target = self.experiment.target
-        _, logits = self(state, "target", "test")
+        _, logits = self(self.evaluated(state), "target", "test")
         metrics = classification_metrics(
             np.argmax(logits, axis=1), target.test_labels, target.class_names
         )

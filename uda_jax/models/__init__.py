@@ -25,7 +25,7 @@ from uda_jax.config import ModelConfig
 from uda_jax.errors import UserError
 from uda_jax.models.digits import LeNetEncoder
 from uda_jax.models.heads import Bottleneck, BridgedClassifier, Classifier, Discriminator
-from uda_jax.models.layers import XLA_OPS, LayerOps, full_precision
+from uda_jax.models.layers import MOMENTS, XLA_OPS, LayerOps, full_precision
 from uda_jax.models.resnet import make_resnet
 
 PyTree = Any
@@ -128,6 +128,19 @@ class Network:
         rngs = {"dropout": rng} if rng is not None else {}
         return self.discriminator.apply({"params": params}, inputs, train=train, rngs=rngs)
 
+    def batchnorm_moments(
+        self, params: PyTree, stats: PyTree, images: jax.Array, rng: jax.Array
+    ) -> PyTree:
+        """Train-mode pass of G and every classifier over ``images`` (dropout drawn from
+        ``rng``): each BatchNorm layer's batch mean and mean square, as ``{group: {module path:
+        {"moments": ({"mean": [C], "square": [C]},)}}}`` mirroring ``batch_stats``."""
+        keys = jax.random.split(rng, 1 + len(self.classifier_names))
+        features, moments = _moments(self.generator, params["g"], stats["g"], images, keys[0])
+        out = {"g": moments}
+        for key, name in zip(keys[1:], self.classifier_names, strict=True):
+            _, out[name] = _moments(self.classifier, params[name], stats[name], features, key)
+        return out
+
     def frozen_mask(self, group: str, params: PyTree) -> PyTree:
         """Pytree of bools over ``params`` of ``group``: True where the optimizer must not step.
 
@@ -148,6 +161,14 @@ def _apply(module, params, stats, inputs, train, rng):
         return module.apply(variables, inputs, train=False), stats
     out, updates = module.apply(variables, inputs, train=True, rngs=rngs, mutable=["batch_stats"])
     return out, updates.get("batch_stats", {})
+
+
+def _moments(module, params, stats, inputs, rng):
+    variables = {"params": params, "batch_stats": stats} if stats else {"params": params}
+    out, collections = module.apply(
+        variables, inputs, train=True, rngs={"dropout": rng}, mutable=["batch_stats", MOMENTS]
+    )
+    return out, collections.get(MOMENTS, {})
 
 
 def build_network(

@@ -92,6 +92,10 @@ def normal_init(mean: float, std: float) -> nn.initializers.Initializer:
     return init
 
 
+# The collection in which train-mode BatchNorm layers report their batch's first two moments.
+MOMENTS = "batchnorm_moments"
+
+
 class BatchNorm(nn.Module):
     """Batch normalisation over all axes but the last, with PyTorch's conventions.
 
@@ -130,6 +134,9 @@ class BatchNorm(nn.Module):
             axes = tuple(range(x.ndim - 1))
             mean = jnp.mean(x, axis=axes)
             var = jnp.mean(jnp.square(x - mean.reshape(shape)), axis=axes)
+            # Stored only when the caller makes the collection mutable (AdaBN's pass over the
+            # target domain, uda_jax.evaluation.adapt_batchnorm); free otherwise.
+            self.sow(MOMENTS, "moments", {"mean": mean, "square": var + jnp.square(mean)})
             if not self.is_initializing():
                 count = x.size // features
                 correction = count / max(count - 1, 1) if self.unbiased_running_var else 1.0

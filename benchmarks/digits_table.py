@@ -1,0 +1,302 @@
+"""The digits results table: baselines, methods and ablations, both directions, several seeds.
+
+Every cell (row × direction × seed) trains one config of ``configs/`` on the embedded task for
+``--steps`` iterations and appends one JSON line to ``--results`` when it finishes, so the
+sweep is resumable at two levels: a finished cell is never run again, and a cell killed half-way
+resumes from its last checkpoint in ``--work-dir``. Seeds are the outer loop, so a partial
+sweep has every row at the same number of seeds. JAX uses a GPU when one is installed.
+
+    python benchmarks/digits_table.py                     # run what is missing, then report
+    python benchmarks/digits_table.py --rows cgdm mcd     # only some rows
+    python benchmarks/digits_table.py --plan              # list the cells and what is done
+    python benchmarks/digits_table.py --report            # the table from the finished cells
+
+The report (mean ± standard deviation per row; for the key pairs the per-seed paired
+difference with its 95 % t-interval) goes to ``--table`` and between the markers of
+``docs/results.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+DIRECTIONS = (("mnist5k", "ucidigits"), ("ucidigits", "mnist5k"))
+START, END = "<!-- digits-table:start -->", "<!-- digits-table:end -->"
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One line of the table: a packaged config plus overrides, run with ``seeds`` seeds."""
+
+    key: str
+    label: str
+    config: str
+    overrides: tuple[str, ...] = ()
+    seeds: int = 3
+    oracle: bool = False  # trained on the target's labelled training split
+
+
+ROWS = (
+    Row("source_only", "source only (training BN statistics)", "digits_source_only", seeds=5),
+    Row("source_only_adabn", "source only + AdaBN", "digits_source_only_adabn", seeds=5),
+    Row("oracle", "target oracle (upper bound)", "digits_oracle", seeds=5, oracle=True),
+    Row("mcd", "MCD (Saito et al.)", "digits_mcd", seeds=5),
+    Row("cgdm", "CGDM", "digits_cgdm", seeds=5),
+    Row("cgdm_beta0", "CGDM, β = 0 (no gradient discrepancy)", "digits_cgdm",
+        ("cgdm.gd_weight=0",), seeds=5),
+    Row("cgdm_alpha0", "CGDM, α = 0 (no pseudo-labels)", "digits_cgdm",
+        ("cgdm.pseudo_weight=0",), seeds=5),
+    Row("swd", "SWD", "digits_swd"),
+    Row("dann", "DANN", "digits_dann"),
+    Row("cdan", "CDAN", "digits_cdan"),
+    Row("cdan_e", "CDAN+E", "digits_cdan_e"),
+    Row("gvb", "GVB-GD", "digits_gvb"),
+    Row("dann_metaalign", "DANN + MetaAlign, first order (our extension)",
+        "digits_dann_metaalign", ("metaalign.order=first",)),
+    Row("dann_metaalign2", "DANN + MetaAlign, second order (our extension)",
+        "digits_dann_metaalign", ("metaalign.order=second",)),
+    Row("gvb_metaalign", "GVB-GD + MetaAlign, first order", "digits_gvb_metaalign",
+        ("metaalign.order=first",)),
+    Row("gvb_metaalign2", "GVB-GD + MetaAlign, second order", "digits_gvb_metaalign",
+        ("metaalign.order=second",)),
+)  # fmt: skip
+BY_KEY = {row.key: row for row in ROWS}
+PAIRS = (
+    ("cgdm", "source_only_adabn"),
+    ("cgdm", "mcd"),
+    ("cgdm", "cgdm_beta0"),
+    ("cgdm", "cgdm_alpha0"),
+    ("dann_metaalign", "dann"),
+    ("dann_metaalign2", "dann"),
+    ("gvb_metaalign", "gvb"),
+    ("gvb_metaalign2", "gvb"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One training run of the sweep."""
+
+    row: Row
+    source: str
+    target: str
+    seed: int
+    steps: int
+
+    @property
+    def key(self) -> tuple:
+        return (self.row.key, self.source, self.target, self.seed, self.steps)
+
+    @property
+    def name(self) -> str:
+        return f"{self.row.key}_{self.source}-{self.target}_s{self.seed}_{self.steps}"
+
+    def overrides(self, run_dir: Path) -> list[str]:
+        """The command-line overrides of this cell."""
+        source = self.target if self.row.oracle else self.source
+        return [
+            *self.row.overrides,
+            f"data.source={source}",
+            f"data.target={self.target}",
+            f"steps={self.steps}",
+            f"seed={self.seed}",
+            "eval_every=0",
+            f"checkpoint.every={max(self.steps // 4, 1)}",
+            "progress=false",
+            "plots=false",
+            "tensorboard=false",
+            f"run_dir={run_dir}",
+        ]
+
+
+def cells(rows: tuple[Row, ...], steps: int, max_seeds: int | None) -> Iterator[Cell]:
+    """Seeds outermost, then directions, then rows: a partial sweep stays balanced."""
+    for seed in range(max(row.seeds for row in rows)):
+        for source, target in DIRECTIONS:
+            for row in rows:
+                if seed < min(row.seeds, max_seeds or row.seeds):
+                    yield Cell(row, source, target, seed, steps)
+
+
+def read_results(path: Path) -> dict[tuple, dict]:
+    """The finished cells of ``path`` (one JSON object per line) by cell key."""
+    if not path.exists():
+        return {}
+    results = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            record = json.loads(line)
+            key = (record["row"], record["source"], record["target"], record["seed"],
+                   record["steps"])  # fmt: skip
+            results[key] = record
+    return results
+
+
+def commit() -> str:
+    """The repository's commit, with ``+dirty`` when tracked files differ from it."""
+    head = _git("rev-parse", "--short", "HEAD") or "unknown"
+    return head + ("+dirty" if _git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+
+def run_cell(cell: Cell, work_dir: Path) -> dict:
+    """Trains one cell (resuming a killed one) and returns its JSON record."""
+    import jax
+
+    from uda_jax.config import load_config
+    from uda_jax.train import train_and_evaluate
+
+    run_dir = work_dir / cell.name
+    config = load_config(cell.row.config, cell.overrides(run_dir))
+    started = time.time()
+    if (run_dir / "results.json").exists():  # finished, but killed before its line was written
+        result = json.loads((run_dir / "results.json").read_text())
+    else:
+        result = train_and_evaluate(config, run_dir)
+    return {
+        "row": cell.row.key,
+        "config": cell.row.config,
+        "overrides": list(cell.row.overrides),
+        "source": cell.source,
+        "target": cell.target,
+        "trained_on": config.data.source,
+        "seed": cell.seed,
+        "steps": cell.steps,
+        "target_accuracy": result["target_accuracy"],
+        "wall_s": round(time.time() - started, 1),
+        "commit": commit(),
+        "jax": jax.__version__,
+        "backend": f"{jax.device_count()} {jax.default_backend()}",
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+
+
+def t_interval(differences: list[float]) -> tuple[float, float]:
+    """Mean and half-width of the 95 % Student-t interval of ``differences``."""
+    from scipy import stats
+
+    n = len(differences)
+    mean = float(np.mean(differences))
+    if n < 2:
+        return mean, math.nan
+    half = float(stats.t.ppf(0.975, n - 1) * np.std(differences, ddof=1) / math.sqrt(n))
+    return mean, half
+
+
+def report(results: dict[tuple, dict], steps: int) -> str:
+    """The Markdown table of the finished cells at ``steps``."""
+    lines = [
+        f"{steps} iterations, batch 32 + 32, final iterate, target test split; accuracy in % as",
+        "mean ± standard deviation over seeds (n = seeds finished). Commits, versions and wall",
+        "time of the runs are listed under the table; raw runs in",
+        "`benchmarks/results/digits_table.jsonl`.",
+        "",
+    ]
+    by_row: dict[tuple[str, str, str], dict[int, float]] = {}
+    for record in results.values():
+        if record["steps"] == steps:
+            by_row.setdefault((record["row"], record["source"], record["target"]), {})[
+                record["seed"]
+            ] = 100 * record["target_accuracy"]
+    for source, target in DIRECTIONS:
+        lines += [f"**{source} → {target}**", "", "| row | accuracy % | n |", "|---|---|---|"]
+        for row in ROWS:
+            seeds = by_row.get((row.key, source, target), {})
+            if seeds:
+                values = list(seeds.values())
+                spread = f" ± {np.std(values, ddof=1):.1f}" if len(values) > 1 else ""
+                lines.append(f"| {row.label} | {np.mean(values):.1f}{spread} | {len(values)} |")
+        lines += ["", "| paired difference (same seeds) | Δ accuracy, points (95 % CI) | n |"]
+        lines += ["|---|---|---|"]
+        for a, b in PAIRS:
+            first = by_row.get((a, source, target), {})
+            second = by_row.get((b, source, target), {})
+            common = sorted(set(first) & set(second))
+            if len(common) >= 2:
+                mean, half = t_interval([first[s] - second[s] for s in common])
+                verdict = "" if abs(mean) > half else " (within noise)"
+                lines.append(
+                    f"| {BY_KEY[a].label} − {BY_KEY[b].label} | {mean:+.1f} "
+                    f"[{mean - half:+.1f}, {mean + half:+.1f}]{verdict} | {len(common)} |"
+                )
+        lines.append("")
+    chosen = [r for r in results.values() if r["steps"] == steps]
+    if chosen:
+        commits = sorted({r["commit"] for r in chosen})
+        dates = sorted(r["date"] for r in chosen)
+        wall = sum(r["wall_s"] for r in chosen) / 3600
+        lines.append(
+            f"Runs: {len(chosen)}, {dates[0]} to {dates[-1]}, commits {', '.join(commits)}, "
+            f"JAX {', '.join(sorted({r['jax'] for r in chosen}))} on "
+            f"{', '.join(sorted({r['backend'] for r in chosen}))} device(s) "
+            f"({platform.machine()}), {wall:.1f} h of training in all. "
+            f"Command: `python benchmarks/digits_table.py --steps {steps}`."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_report(text: str, table: Path, document: Path) -> None:
+    """Writes ``text`` to ``table`` and between the markers of ``document``."""
+    table.write_text(text)
+    page = document.read_text()
+    if START in page and END in page:
+        before, rest = page.split(START, 1)
+        page = before + START + "\n" + text + END + rest.split(END, 1)[1]
+        document.write_text(page)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--rows", nargs="+", choices=list(BY_KEY), default=list(BY_KEY))
+    parser.add_argument("--max-seeds", type=int, default=None, help="at most this many seeds")
+    parser.add_argument(
+        "--results", type=Path, default=ROOT / "benchmarks/results/digits_table.jsonl"
+    )
+    parser.add_argument("--table", type=Path, default=ROOT / "benchmarks/results/digits_table.md")
+    parser.add_argument("--document", type=Path, default=ROOT / "docs/results.md")
+    parser.add_argument("--work-dir", type=Path, default=ROOT / "runs/digits_table")
+    parser.add_argument("--plan", action="store_true", help="list the cells, run nothing")
+    parser.add_argument("--report", action="store_true", help="write the table, run nothing")
+    args = parser.parse_args(argv)
+
+    rows = tuple(BY_KEY[k] for k in args.rows)
+    todo = list(cells(rows, args.steps, args.max_seeds))
+    done = read_results(args.results)
+    missing = [c for c in todo if c.key not in done]
+    print(f"{len(todo) - len(missing)} of {len(todo)} cells done", flush=True)
+    if args.plan:
+        for cell in todo:
+            print(("done  " if cell.key in done else "to do ") + cell.name)
+        return 0
+    if not args.report:
+        args.results.parent.mkdir(parents=True, exist_ok=True)
+        for index, cell in enumerate(missing):
+            print(f"[{index + 1}/{len(missing)}] {cell.name}", flush=True)
+            record = run_cell(cell, args.work_dir)
+            with args.results.open("a") as out:
+                out.write(json.dumps(record) + "\n")
+            print(json.dumps(record), flush=True)
+        done = read_results(args.results)
+    write_report(report(done, args.steps), args.table, args.document)
+    print(args.table.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""The resumable digits table: cells, resumption and the paired statistics of its report."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+ROOT = Path(__file__).resolve().parent.parent
+spec = importlib.util.spec_from_file_location("digits_table", ROOT / "benchmarks/digits_table.py")
+table = sys.modules["digits_table"] = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(table)
+
+
+def _record(row, seed, accuracy, source="mnist5k", target="ucidigits", steps=10):
+    return {
+        "row": row, "source": source, "target": target, "seed": seed, "steps": steps,
+        "target_accuracy": accuracy, "wall_s": 1.0, "commit": "abc", "jax": "0", "backend": "1 cpu",
+        "date": "2026-12-03 07:00 UTC",
+    }  # fmt: skip
+
+
+def test_cells_are_balanced_by_seed_and_respect_each_rows_seed_count():
+    rows = (table.BY_KEY["cgdm"], table.BY_KEY["dann"])  # 5 and 3 seeds
+    cells = list(table.cells(rows, 100, None))
+    assert len(cells) == 2 * (5 + 3)
+    seeds = [c.seed for c in cells]
+    assert seeds == sorted(seeds)  # seeds outermost
+    assert {c.seed for c in cells if c.row.key == "dann"} == {0, 1, 2}
+    assert len(list(table.cells(rows, 100, 1))) == 4
+
+
+def test_the_oracle_trains_on_the_targets_labelled_split(tmp_path):
+    cell = table.Cell(table.BY_KEY["oracle"], "mnist5k", "ucidigits", 0, 10)
+    overrides = cell.overrides(tmp_path)
+    assert "data.source=ucidigits" in overrides and "data.target=ucidigits" in overrides
+
+
+def test_paired_interval_is_the_student_t_interval():
+    differences = [1.0, 3.0, 2.5, 0.5, 2.0]
+    mean, half = table.t_interval(differences)
+    expected = stats.t.ppf(0.975, 4) * np.std(differences, ddof=1) / math.sqrt(5)
+    assert mean == pytest.approx(1.8) and half == pytest.approx(expected)
+
+
+def test_report_has_means_spreads_and_paired_differences():
+    records = [_record("cgdm", s, a) for s, a in enumerate([0.70, 0.72, 0.74])]
+    records += [_record("mcd", s, a) for s, a in enumerate([0.69, 0.73, 0.72])]
+    text = table.report({i: r for i, r in enumerate(records)}, 10)
+    assert "| CGDM | 72.0 ± 2.0 | 3 |" in text
+    mean, half = table.t_interval([1.0, -1.0, 2.0])
+    interval = f"{mean:+.1f} [{mean - half:+.1f}, {mean + half:+.1f}] (within noise)"
+    assert f"| CGDM − MCD (Saito et al.) | {interval} | 3 |" in text
+
+
+def test_a_sweep_appends_runs_and_skips_the_finished_ones(tmp_path, capsys):
+    document = tmp_path / "results.md"
+    document.write_text(f"before\n{table.START}\nold\n{table.END}\nafter\n")
+    args = [
+        "--steps", "2", "--rows", "source_only", "--max-seeds", "1",
+        "--results", str(tmp_path / "runs.jsonl"), "--table", str(tmp_path / "table.md"),
+        "--document", str(document), "--work-dir", str(tmp_path / "work"),
+    ]  # fmt: skip
+    assert table.main(args) == 0
+    lines = (tmp_path / "runs.jsonl").read_text().splitlines()
+    assert [json.loads(line)["target"] for line in lines] == ["ucidigits", "mnist5k"]
+    assert "old" not in document.read_text() and "source only" in document.read_text()
+    capsys.readouterr()
+    assert table.main(args) == 0  # everything done: nothing is trained again
+    assert "2 of 2 cells done" in capsys.readouterr().out
+    assert len((tmp_path / "runs.jsonl").read_text().splitlines()) == 2
