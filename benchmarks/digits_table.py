@@ -177,6 +177,7 @@ def run_cell(cell: Cell, work_dir: Path) -> dict:
         "trained_on": config.data.source,
         "seed": cell.seed,
         "steps": cell.steps,
+        "batch_size": config.data.batch_size,
         "target_accuracy": result["target_accuracy"],
         "wall_s": round(time.time() - started, 1),
         "commit": commit(),
@@ -250,6 +251,33 @@ def report(results: dict[tuple, dict], steps: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def export_baselines(results: dict[tuple, dict], path: Path) -> None:
+    """The AdaBN source-only and oracle rows, per task, steps and batch size, as the JSON that
+    :mod:`uda_jax.baselines` shows next to a finished run (3 seeds at least)."""
+    from uda_jax.baselines import LABELS, entry_key
+
+    groups: dict[str, dict[str, list[dict]]] = {}
+    for r in results.values():
+        if r["row"] in LABELS:
+            key = entry_key(r["source"], r["target"], r["steps"], r.get("batch_size", 32))
+            groups.setdefault(key, {}).setdefault(r["row"], []).append(r)
+    out = {}
+    for key, rows in sorted(groups.items()):
+        entry = {
+            name: {
+                "mean": round(float(np.mean([r["target_accuracy"] for r in runs])), 4),
+                "std": round(float(np.std([r["target_accuracy"] for r in runs], ddof=1)), 4),
+                "n": len(runs),
+            }
+            for name, runs in rows.items()
+            if len(runs) >= 3
+        }
+        if entry:
+            commits = sorted({r["commit"] for runs in rows.values() for r in runs})
+            out[key] = entry | {"commit": ", ".join(commits)}
+    path.write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
+
+
 def write_report(text: str, table: Path, document: Path) -> None:
     """Writes ``text`` to ``table`` and between the markers of ``document``."""
     table.write_text(text)
@@ -270,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--table", type=Path, default=ROOT / "benchmarks/results/digits_table.md")
     parser.add_argument("--document", type=Path, default=ROOT / "docs/results.md")
+    parser.add_argument("--baselines", type=Path, default=ROOT / "configs/digits_baselines.json")
     parser.add_argument("--work-dir", type=Path, default=ROOT / "runs/digits_table")
     parser.add_argument("--plan", action="store_true", help="list the cells, run nothing")
     parser.add_argument("--report", action="store_true", help="write the table, run nothing")
@@ -294,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(record), flush=True)
         done = read_results(args.results)
     write_report(report(done, args.steps), args.table, args.document)
+    export_baselines(done, args.baselines)
     print(args.table.read_text())
     return 0
 

@@ -66,6 +66,7 @@ def test_a_sweep_appends_runs_and_skips_the_finished_ones(tmp_path, capsys):
         "--steps", "2", "--rows", "source_only", "--max-seeds", "1",
         "--results", str(tmp_path / "runs.jsonl"), "--table", str(tmp_path / "table.md"),
         "--document", str(document), "--work-dir", str(tmp_path / "work"),
+        "--baselines", str(tmp_path / "baselines.json"),
     ]  # fmt: skip
     assert table.main(args) == 0
     lines = (tmp_path / "runs.jsonl").read_text().splitlines()
@@ -75,3 +76,28 @@ def test_a_sweep_appends_runs_and_skips_the_finished_ones(tmp_path, capsys):
     assert table.main(args) == 0  # everything done: nothing is trained again
     assert "2 of 2 cells done" in capsys.readouterr().out
     assert len((tmp_path / "runs.jsonl").read_text().splitlines()) == 2
+
+
+def test_baselines_export_feeds_the_comparison_under_a_runs_summary(tmp_path):
+    from uda_jax import baselines
+    from uda_jax.config import load_config
+
+    records = [_record("source_only_adabn", s, a, steps=400) for s, a in enumerate([0.5, 0.6, 0.7])]
+    records.append(_record("oracle", 0, 0.97, steps=400))  # one seed: not exported
+    path = tmp_path / "baselines.json"
+    table.export_baselines(dict(enumerate(records)), path)
+    exported = baselines.load(path)
+    assert exported == {
+        "mnist5k->ucidigits/400steps/batch32": {
+            "source_only_adabn": {"mean": 0.6, "std": 0.1, "n": 3},
+            "commit": "abc",
+        }
+    }
+    cgdm = load_config("digits_cgdm", ["steps=400"])
+    line = baselines.comparison_line(cgdm, exported)
+    assert "source only + AdaBN 0.6000 ± 0.1000 (3 seeds)" in line and "commit abc" in line
+    assert baselines.comparison_line(load_config("digits_cgdm", ["steps=401"]), exported) is None
+    assert (
+        baselines.comparison_line(load_config("digits_source_only_adabn", ["steps=400"]), exported)
+        is None
+    )

@@ -35,6 +35,7 @@ import jax
 from jax.sharding import Mesh
 
 from uda_jax import cpu
+from uda_jax.baselines import comparison_line
 from uda_jax.checkpoint import Checkpointer, Restored
 from uda_jax.config import Config, load_config
 from uda_jax.data.sources import pair_stream
@@ -318,6 +319,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {failure}; {_kept(run_dir, resumable=True)}", file=sys.stderr)
         return 1
     print(summary_line(results, run_dir))
+    if (line := comparison_line(config)) is not None:
+        print(line)
     return 0
 
 
