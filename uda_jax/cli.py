@@ -48,6 +48,16 @@ def print_help(command: str) -> None:
         print(EVALUATE_USAGE + "\n" + EVALUATE_KEYS, end="")
 
 
+def announce_start(argv: Sequence[str]) -> None:
+    """The first status line, printed before JAX and the training modules load (seconds), unless
+    the command line says ``progress=false``."""
+    if any(arg.replace(" ", "").lower() in ("progress=false", "progress=no") for arg in argv):
+        return
+    from uda_jax.metrics import status
+
+    status("starting: loading JAX and the training modules")
+
+
 def train(argv: Sequence[str] | None = None) -> int:
     """``uda-jax-train``: :func:`uda_jax.train.main`, with ``--help`` before JAX starts."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -55,6 +65,7 @@ def train(argv: Sequence[str] | None = None) -> int:
         print_help("train")
         return 0
     signal.signal(signal.SIGINT, quiet_interrupt)
+    announce_start(argv)
     from uda_jax.train import main
 
     return main(argv)

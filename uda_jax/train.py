@@ -21,6 +21,7 @@ if __name__ == "__main__":
     if cli.wants_help(sys.argv[1:]):  # answer before JAX is imported
         raise SystemExit(cli.print_help("train"))
     signal.signal(signal.SIGINT, cli.quiet_interrupt)  # Ctrl-C while the modules load
+    cli.announce_start(sys.argv[1:])
 
 import contextlib
 import dataclasses
