@@ -1,5 +1,6 @@
-"""Defaults that follow each method's official code: GVB-GD's Kaiming-normal head and separate
-BatchNorm batches, CDAN's ×10 on the bottleneck (a per-module learning-rate multiplier)."""
+"""Defaults that follow each method's official code: each method's initialisation of its new
+layers (CDAN's Xavier, GVB-GD's Kaiming), GVB-GD's separate BatchNorm batches, CDAN's ×10 on
+the bottleneck (a per-module learning-rate multiplier)."""
 
 from __future__ import annotations
 
@@ -29,15 +30,41 @@ def _experiment(name: str, *overrides: str):
     return build_experiment(config, source=source, target=target)
 
 
-def test_gvb_head_is_kaiming_normal_and_dann_head_is_normal_001():
-    for name, expected in (("digits_gvb", None), ("digits_dann", 0.01)):
-        experiment = _experiment(name)
-        kernel = np.asarray(create_train_state(experiment).params["f"]["fc"]["kernel"])
-        fan_in = kernel.shape[0]
-        std = expected if expected is not None else np.sqrt(2.0 / fan_in)
-        assert np.std(kernel) == pytest.approx(std, rel=0.05)
-        if expected is None:  # untruncated, as torch.nn.init.kaiming_normal_
-            assert np.max(np.abs(kernel)) > 3.0 * std
+def _new_layers(params):
+    """``{name: (kernel, bias)}`` of the Linear layers a method adds: bottleneck, head, D."""
+    layers = {"bottleneck": params["g"]["bottleneck"]["fc"]}
+    layers |= {f"f/{k}": v for k, v in params["f"].items()}
+    layers |= {f"d/{k}": v for k, v in params["d"].items()}
+    return {k: (np.asarray(v["kernel"]), np.asarray(v["bias"])) for k, v in layers.items()}
+
+
+@pytest.mark.parametrize(
+    ("name", "scheme"),
+    [("digits_dann", "xavier"), ("digits_cdan", "xavier"), ("digits_cdan_e", "xavier"),
+     ("digits_gvb", "kaiming"), ("digits_gvb_metaalign", "kaiming")],
+)  # fmt: skip
+def test_every_new_layer_starts_as_in_the_methods_official_code(name, scheme):
+    """CDAN code: Xavier-normal weights, zero biases for the bottleneck, fc and discriminator;
+    GVB-GD (and MetaAlign, built on it) code: Kaiming-normal, N(0, 2/fan_in) untruncated."""
+    experiment = _experiment(name, "model.bottleneck_dim=64", "model.discriminator_hidden=256")
+    layers = _new_layers(create_train_state(experiment).params)
+    assert {"bottleneck", "f/fc", "d/ad_layer1", "d/ad_layer3"} <= set(layers)
+    for layer, (kernel, bias) in layers.items():
+        fan_in, fan_out = kernel.shape
+        std = np.sqrt(2.0 / (fan_in + fan_out)) if scheme == "xavier" else np.sqrt(2.0 / fan_in)
+        if kernel.size >= 500:  # enough weights for the spread to say which init it was
+            assert np.std(kernel) == pytest.approx(std, rel=0.1), layer
+        assert np.all(bias == 0.0), layer
+    big = max(layers.values(), key=lambda kb: kb[0].size)[0]
+    std = np.std(big)
+    assert np.max(np.abs(big)) > 3.0 * std  # untruncated normals, as torch.nn.init
+
+
+def test_cgdm_keeps_its_own_bottleneck_init():
+    experiment = _experiment("digits_cgdm", "model.bottleneck_dim=64")
+    fc = create_train_state(experiment).params["g"]["bottleneck"]["fc"]
+    assert np.std(np.asarray(fc["kernel"])) == pytest.approx(0.005, rel=0.05)
+    assert np.all(np.asarray(fc["bias"]) == np.float32(0.1))
 
 
 def test_gvb_passes_source_and_target_through_batchnorm_separately_by_default():

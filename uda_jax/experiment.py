@@ -95,7 +95,7 @@ def _network(config: Config, method: Method, num_classes: int, ops: Any = None) 
         head=spec.head,
         bridge=spec.bridge,
         discriminator_input=spec.discriminator_input,
-        head_init=spec.head_init,
+        new_layer_init=spec.new_layer_init,
         dtype=jnp.bfloat16 if config.precision == "bf16" else jnp.float32,
         **({} if ops is None else {"ops": ops}),
     )

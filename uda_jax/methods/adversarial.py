@@ -55,9 +55,10 @@ class Alignment:
     d_input: Callable[[jax.Array, jax.Array], jax.Array]
     transfer_loss: Callable[..., jax.Array]
 
-    def network(self, head_init: str = "normal") -> NetworkSpec:
-        """The heads of a method with this alignment: a linear head and a discriminator."""
-        return NetworkSpec(1, "linear", self.bridge, self.input_width, head_init)
+    def network(self, new_layer_init: str) -> NetworkSpec:
+        """The heads of a method with this alignment: a linear head and a discriminator,
+        initialised as ``new_layer_init`` (see :class:`NetworkSpec`)."""
+        return NetworkSpec(1, "linear", self.bridge, self.input_width, new_layer_init)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +98,7 @@ def classification_terms(logits: jax.Array, bridge: jax.Array, labels: jax.Array
 class Adversarial(Method):
     """Base of the adversarial methods: one forward of source+target, one step of G, f and d.
 
-    A subclass sets ``name``, ``alignment`` and ``network = alignment.network()``.
+    A subclass sets ``name``, ``alignment`` and ``network = alignment.network(init)``.
     """
 
     config: AdversarialConfig = dataclasses.field(default_factory=AdversarialConfig)

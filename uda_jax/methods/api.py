@@ -24,6 +24,7 @@ per-example state such as pseudo-labels; target labels never reach training).
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
@@ -50,16 +51,18 @@ class NetworkSpec:
       bridge: GVB's bridges on the linear head and the discriminator.
       discriminator_input: the domain discriminator's input width from
         ``(feature_dim, num_classes)``; None for no discriminator (params group ``d``).
-      head_init: the linear head's weight init, ``normal`` (N(0, 0.01²)) or ``kaiming``
-        (the GVB-GD/MetaAlign code's Kaiming-normal); the mlp head follows
-        ``model.classifier_init``.
+      new_layer_init: how the Linear layers the method adds (bottleneck, linear head,
+        discriminator) start, following the method's official code: ``reference`` (the CGDM
+        code's: bottleneck N(0, 0.005²) with bias 0.1, linear head N(0, 0.01²), discriminator
+        Xavier), ``xavier`` (the CDAN code's ``init_weights``) or ``kaiming`` (the GVB-GD and
+        MetaAlign code's); the mlp head follows ``model.classifier_init``.
     """
 
     num_classifiers: int = 1
     head: str = "mlp"
     bridge: bool = False
     discriminator_input: Callable[[int, int], int] | None = None
-    head_init: str = "normal"
+    new_layer_init: typing.Literal["reference", "xavier", "kaiming"] = "reference"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -43,7 +43,8 @@ class CDAN(Adversarial):
     config: AdversarialConfig = dataclasses.field(default_factory=AdversarialConfig)
     name = "cdan"
     alignment = CDAN_ALIGNMENT
-    network = CDAN_ALIGNMENT.network()
+    # every new Linear layer Xavier-normal, zero bias: init_weights in the CDAN code's network.py
+    network = CDAN_ALIGNMENT.network("xavier")
 
 
 @register
@@ -54,4 +55,4 @@ class CDANE(Adversarial):
     config: AdversarialConfig = dataclasses.field(default_factory=AdversarialConfig)
     name = "cdan_e"
     alignment = CDAN_E_ALIGNMENT
-    network = CDAN_E_ALIGNMENT.network()
+    network = CDAN_E_ALIGNMENT.network("xavier")

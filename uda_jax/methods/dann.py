@@ -31,4 +31,5 @@ class DANN(Adversarial):
     config: AdversarialConfig = dataclasses.field(default_factory=AdversarialConfig)
     name = "dann"
     alignment = DANN_ALIGNMENT
-    network = DANN_ALIGNMENT.network()
+    # every new Linear layer Xavier-normal, zero bias: init_weights in the CDAN code's network.py
+    network = DANN_ALIGNMENT.network("xavier")

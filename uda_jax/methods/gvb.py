@@ -52,7 +52,8 @@ class GVB(Adversarial):
     name = "gvb"
     config_class = GvbConfig
     alignment = GVB_ALIGNMENT
-    network = GVB_ALIGNMENT.network(head_init="kaiming")  # the GVB-GD code's new layers
+    # every new Linear layer Kaiming-normal, zero bias: init_weights in the GVB-GD code's network.py
+    network = GVB_ALIGNMENT.network("kaiming")
     metrics = ("loss_cls", "loss_trs", "loss_gvbg_all", "loss_gvbd", "grad_norm")
     alignment_metrics = ("loss_trs", "loss_gvbg_all", "loss_gvbd")
 

@@ -65,6 +65,7 @@ class Generator(nn.Module):
     bn_kwargs: dict
     dtype: Any = jnp.float32
     ops: LayerOps = XLA_OPS
+    bottleneck_init: str = "reference"
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -73,7 +74,9 @@ class Generator(nn.Module):
         )
         x = backbone(x, train=train)
         if self.bottleneck_dim:
-            x = Bottleneck(self.bottleneck_dim, dtype=self.dtype, name="bottleneck")(x)
+            x = Bottleneck(
+                self.bottleneck_dim, self.dtype, self.bottleneck_init, name="bottleneck"
+            )(x)
         return full_precision(x)
 
 
@@ -179,7 +182,7 @@ def build_network(
     head: str = "mlp",
     bridge: bool = False,
     discriminator_input: Callable[[int, int], int] | None = None,
-    head_init: str = "normal",
+    new_layer_init: str = "reference",
     dtype: Any = jnp.float32,
     ops: LayerOps = XLA_OPS,
 ) -> Network:
@@ -189,7 +192,10 @@ def build_network(
       num_classifiers: 1 (group ``f``) or 2 (``f1``, ``f2``).
       head: ``mlp`` (CGDM's classifier) or ``linear`` (the adversarial methods' fc).
       bridge: GVB's bridges on the linear head and the discriminator.
-      head_init: the linear head's weight init, ``normal`` (N(0, 0.01²)) or ``kaiming``.
+      new_layer_init: how the method's new layers (bottleneck, linear head, discriminator) are
+        initialised: ``reference`` (the CGDM code's), ``xavier`` (CDAN's) or ``kaiming`` (GVB's);
+        see :func:`uda_jax.models.heads.new_layer_inits`. The mlp head follows
+        ``config.classifier_init``.
       discriminator_input: for the adversarial methods, the discriminator's input width as a
         function of ``(feature_dim, num_classes)``; None for no discriminator.
       dtype: compute dtype, ``jnp.float32`` or ``jnp.bfloat16`` (parameters stay float32).
@@ -215,15 +221,21 @@ def build_network(
         )
     else:
         classifier = BridgedClassifier(
-            num_classes=num_classes, bridge=bridge, dtype=dtype, init_scheme=head_init
+            num_classes=num_classes, bridge=bridge, dtype=dtype, init_scheme=new_layer_init
         )
     discriminator = None
     if discriminator_input is not None:
         discriminator = Discriminator(
-            config.discriminator_hidden, config.discriminator_dropout, bridge, dtype=dtype
+            config.discriminator_hidden,
+            config.discriminator_dropout,
+            bridge,
+            dtype=dtype,
+            init_scheme=new_layer_init,
         )
     names = ("f",) if num_classifiers == 1 else tuple(f"f{i + 1}" for i in range(num_classifiers))
-    generator = Generator(config.backbone, config.bottleneck_dim, bn_kwargs, dtype, ops)
+    generator = Generator(
+        config.backbone, config.bottleneck_dim, bn_kwargs, dtype, ops, new_layer_init
+    )
     return Network(
         generator,
         classifier,

@@ -24,20 +24,42 @@ from uda_jax.models.layers import (
 )
 
 
+# torch.nn.init's xavier_normal_ and kaiming_normal_ draw from an untruncated normal; flax's
+# xavier_normal() truncates at two standard deviations.
+XAVIER_NORMAL = nn.initializers.variance_scaling(1.0, "fan_avg", "normal")
+KAIMING_NORMAL = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+
+
+def new_layer_inits(scheme: str, reference_kernel, reference_bias):
+    """``(kernel_init, bias_init)`` of a Linear layer a method adds, for the method's
+    ``NetworkSpec.new_layer_init``: ``xavier`` (the CDAN code's ``init_weights``:
+    ``xavier_normal_``, zero bias), ``kaiming`` (the GVB-GD and MetaAlign code's:
+    ``kaiming_normal_``, an untruncated N(0, 2/fan_in), zero bias), or ``reference`` (the given
+    CGDM-code initialisers)."""
+    if scheme == "xavier":
+        return XAVIER_NORMAL, nn.initializers.zeros
+    if scheme == "kaiming":
+        return KAIMING_NORMAL, nn.initializers.zeros
+    if scheme == "reference":
+        return reference_kernel, reference_bias
+    raise ValueError(f"unknown new-layer init {scheme!r}; valid: reference, xavier, kaiming")
+
+
 class Bottleneck(nn.Module):
-    """Linear(in → dim), init N(0, 0.005²) and bias 0.1, no activation (CGDM's ``ResBottle``)."""
+    """Linear(in → dim), no activation. Init ``reference``: N(0, 0.005²) and bias 0.1 (CGDM's
+    ``ResBottle``); else see :func:`new_layer_inits`."""
 
     features: int
     dtype: Any = jnp.float32
+    init_scheme: str = "reference"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        kernel_init, bias_init = new_layer_inits(
+            self.init_scheme, normal_init(0.0, 0.005), nn.initializers.constant(0.1)
+        )
         return Dense(
-            self.features,
-            kernel_init=normal_init(0.0, 0.005),
-            bias_init=nn.initializers.constant(0.1),
-            dtype=self.dtype,
-            name="fc",
+            self.features, kernel_init=kernel_init, bias_init=bias_init, dtype=self.dtype, name="fc"
         )(x)
 
 
@@ -46,7 +68,7 @@ def _dense_inits(init: str, fan_in: int):
     if init == "reference":  # CGDM's utils.py::weights_init: N(0, 0.01²) for W and b
         return normal_init(0.0, 0.01), normal_init(0.0, 0.01)
     if init == "xavier":  # CGDM's digits main.py (commit 7c2fccf): init_weights_xavier_normal
-        return nn.initializers.xavier_normal(), nn.initializers.zeros
+        return XAVIER_NORMAL, nn.initializers.zeros
     return torch_uniform_init((0,)), torch_bias_init(fan_in)
 
 
@@ -105,29 +127,25 @@ class BridgedClassifier(nn.Module):
     Returns ``(logits, bridge)`` with ``logits = y − z`` (GVB-GD, Cui et al., CVPR 2020) and
     ``bridge = z`` (zeros without a bridge). The layer names contain ``fc`` / ``gvb`` like the
     official code's, whose inner MetaAlign step gives them a 10× multiplier. Init
-    (``init_scheme``):
-    ``normal`` N(0, 0.01²) weights (the default of the DANN/CDAN heads here); ``kaiming``
-    Kaiming-normal weights N(0, 2/fan_in), as the GVB-GD and MetaAlign code initialises its new
-    layers; zero biases either way.
+    (``init_scheme``, :func:`new_layer_inits`): ``reference`` N(0, 0.01²) weights and zero
+    biases; ``xavier``; ``kaiming``.
     """
 
     num_classes: int
     bridge: bool = False
     dtype: Any = jnp.float32
-    init_scheme: str = "normal"
+    init_scheme: str = "reference"
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> tuple[jax.Array, jax.Array]:
         del train
-        kernel_init = normal_init(0.0, 0.01)
-        if (
-            self.init_scheme == "kaiming"
-        ):  # torch.nn.init.kaiming_normal_: untruncated N(0, 2/fan_in)
-            kernel_init = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+        kernel_init, bias_init = new_layer_inits(
+            self.init_scheme, normal_init(0.0, 0.01), nn.initializers.zeros
+        )
         dense = lambda name: Dense(
             self.num_classes,
             kernel_init=kernel_init,
-            bias_init=nn.initializers.zeros,
+            bias_init=bias_init,
             dtype=self.dtype,
             name=name,
         )
@@ -143,20 +161,25 @@ class Discriminator(nn.Module):
     Dropout, then ``d = ad_layer3(h)`` and, with a GVB-D bridge, ``b = gvbd(h)``.
 
     Returns ``(domain logit d − b [batch], bridge b [batch])``; the probability is its sigmoid.
-    Xavier-normal weights and zero biases (CDAN's ``init_weights``).
+    Init (``init_scheme``, :func:`new_layer_inits`): ``reference`` and ``xavier`` Xavier-normal
+    weights and zero biases (the CDAN code's ``init_weights``); ``kaiming`` the GVB-GD code's.
     """
 
     hidden: int = 1024
     dropout: float = 0.5
     bridge: bool = False
     dtype: Any = jnp.float32
+    init_scheme: str = "reference"
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> tuple[jax.Array, jax.Array]:
+        kernel_init, bias_init = new_layer_inits(
+            self.init_scheme, XAVIER_NORMAL, nn.initializers.zeros
+        )
         dense = lambda width, name: Dense(
             width,
-            kernel_init=nn.initializers.xavier_normal(),
-            bias_init=nn.initializers.zeros,
+            kernel_init=kernel_init,
+            bias_init=bias_init,
             dtype=self.dtype,
             name=name,
         )
