@@ -21,19 +21,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import platform
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+from sweep_common import ROOT, append_jsonl, commit, read_jsonl, t_interval, write_between_markers
 
-ROOT = Path(__file__).resolve().parent.parent
 DIRECTIONS = (("mnist5k", "ucidigits"), ("ucidigits", "mnist5k"))
-START, END = "<!-- digits-table:start -->", "<!-- digits-table:end -->"
+MARKERS = "digits-table"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,27 +129,8 @@ def cells(rows: tuple[Row, ...], steps: int, max_seeds: int | None) -> Iterator[
 
 
 def read_results(path: Path) -> dict[tuple, dict]:
-    """The finished cells of ``path`` (one JSON object per line) by cell key."""
-    if not path.exists():
-        return {}
-    results = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
-            record = json.loads(line)
-            key = (record["row"], record["source"], record["target"], record["seed"],
-                   record["steps"])  # fmt: skip
-            results[key] = record
-    return results
-
-
-def commit() -> str:
-    """The repository's commit, with ``+dirty`` when tracked files differ from it."""
-    head = _git("rev-parse", "--short", "HEAD") or "unknown"
-    return head + ("+dirty" if _git("status", "--porcelain", "--untracked-files=no") else "")
-
-
-def _git(*args: str) -> str:
-    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    """The finished cells of ``path`` by cell key."""
+    return read_jsonl(path, lambda r: (r["row"], r["source"], r["target"], r["seed"], r["steps"]))
 
 
 def run_cell(cell: Cell, work_dir: Path) -> dict:
@@ -185,18 +164,6 @@ def run_cell(cell: Cell, work_dir: Path) -> dict:
         "backend": f"{jax.device_count()} {jax.default_backend()}",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
-
-
-def t_interval(differences: list[float]) -> tuple[float, float]:
-    """Mean and half-width of the 95 % Student-t interval of ``differences``."""
-    from scipy import stats
-
-    n = len(differences)
-    mean = float(np.mean(differences))
-    if n < 2:
-        return mean, math.nan
-    half = float(stats.t.ppf(0.975, n - 1) * np.std(differences, ddof=1) / math.sqrt(n))
-    return mean, half
 
 
 def report(results: dict[tuple, dict], steps: int) -> str:
@@ -281,11 +248,7 @@ def export_baselines(results: dict[tuple, dict], path: Path) -> None:
 def write_report(text: str, table: Path, document: Path) -> None:
     """Writes ``text`` to ``table`` and between the markers of ``document``."""
     table.write_text(text)
-    page = document.read_text()
-    if START in page and END in page:
-        before, rest = page.split(START, 1)
-        page = before + START + "\n" + text + END + rest.split(END, 1)[1]
-        document.write_text(page)
+    write_between_markers(document, MARKERS, text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -314,12 +277,10 @@ def main(argv: list[str] | None = None) -> int:
             print(("done  " if cell.key in done else "to do ") + cell.name)
         return 0
     if not args.report:
-        args.results.parent.mkdir(parents=True, exist_ok=True)
         for index, cell in enumerate(missing):
             print(f"[{index + 1}/{len(missing)}] {cell.name}", flush=True)
             record = run_cell(cell, args.work_dir)
-            with args.results.open("a") as out:
-                out.write(json.dumps(record) + "\n")
+            append_jsonl(args.results, record)
             print(json.dumps(record), flush=True)
         done = read_results(args.results)
     write_report(report(done, args.steps), args.table, args.document)

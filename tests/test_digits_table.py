@@ -13,9 +13,11 @@ import pytest
 from scipy import stats
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))  # as when the script runs: its folder first
 spec = importlib.util.spec_from_file_location("digits_table", ROOT / "benchmarks/digits_table.py")
 table = sys.modules["digits_table"] = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(table)
+import sweep_common  # noqa: E402
 
 
 def _record(row, seed, accuracy, source="mnist5k", target="ucidigits", steps=10):
@@ -44,7 +46,7 @@ def test_the_oracle_trains_on_the_targets_labelled_split(tmp_path):
 
 def test_paired_interval_is_the_student_t_interval():
     differences = [1.0, 3.0, 2.5, 0.5, 2.0]
-    mean, half = table.t_interval(differences)
+    mean, half = sweep_common.t_interval(differences)
     expected = stats.t.ppf(0.975, 4) * np.std(differences, ddof=1) / math.sqrt(5)
     assert mean == pytest.approx(1.8) and half == pytest.approx(expected)
 
@@ -54,14 +56,16 @@ def test_report_has_means_spreads_and_paired_differences():
     records += [_record("mcd", s, a) for s, a in enumerate([0.69, 0.73, 0.72])]
     text = table.report({i: r for i, r in enumerate(records)}, 10)
     assert "| CGDM | 72.0 ± 2.0 | 3 |" in text
-    mean, half = table.t_interval([1.0, -1.0, 2.0])
+    mean, half = sweep_common.t_interval([1.0, -1.0, 2.0])
     interval = f"{mean:+.1f} [{mean - half:+.1f}, {mean + half:+.1f}] (within noise)"
     assert f"| CGDM − MCD (Saito et al.) | {interval} | 3 |" in text
 
 
 def test_a_sweep_appends_runs_and_skips_the_finished_ones(tmp_path, capsys):
     document = tmp_path / "results.md"
-    document.write_text(f"before\n{table.START}\nold\n{table.END}\nafter\n")
+    document.write_text(
+        "before\n<!-- digits-table:start -->\nold\n<!-- digits-table:end -->\nafter\n"
+    )
     args = [
         "--steps", "2", "--rows", "source_only", "--max-seeds", "1",
         "--results", str(tmp_path / "runs.jsonl"), "--table", str(tmp_path / "table.md"),

@@ -1,0 +1,67 @@
+"""What the resumable sweeps of ``benchmarks/`` share: the JSONL of finished runs, the commit
+and versions a figure was measured with, Student-t intervals, and the results page's markers."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def read_jsonl(path: Path, key: Callable[[dict], Any]) -> dict[Any, dict]:
+    """The records of ``path`` (one JSON object per line) by ``key(record)``; a missing file is
+    empty, and a half-written last line (a killed sweep) is ignored."""
+    if not path.exists():
+        return {}
+    records = {}
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        records[key(record)] = record
+    return records
+
+
+def append_jsonl(path: Path, record: dict) -> None:
+    """Appends one record as one line (the sweep's unit of progress)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as out:
+        out.write(json.dumps(record) + "\n")
+
+
+def commit() -> str:
+    """The repository's commit, with ``+dirty`` when tracked files differ from it."""
+    head = _git("rev-parse", "--short", "HEAD") or "unknown"
+    return head + ("+dirty" if _git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+
+def t_interval(values: list[float]) -> tuple[float, float]:
+    """Mean and half-width of the 95 % Student-t interval of ``values`` (NaN for one value)."""
+    from scipy import stats
+
+    n = len(values)
+    mean = float(np.mean(values))
+    if n < 2:
+        return mean, math.nan
+    return mean, float(stats.t.ppf(0.975, n - 1) * np.std(values, ddof=1) / math.sqrt(n))
+
+
+def write_between_markers(document: Path, name: str, text: str) -> None:
+    """Replaces what lies between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->``."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    page = document.read_text()
+    if start in page and end in page:
+        before, rest = page.split(start, 1)
+        document.write_text(before + start + "\n" + text + end + rest.split(end, 1)[1])
