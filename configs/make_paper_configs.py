@@ -347,7 +347,8 @@ metaalign:
   inner_mult: {{f: 10.0, d/gvbd: 10.0}}  # 10 for 'fc'/'gvb' names, 1 for the rest
   stale_discriminator: true # faithful: cls-first uses the last align-first fast θ_D
 checkpoint:
-  keep_best: true           # the paper reports best_acc, the best test (oracle selection)
+  keep_best: true           # the paper reports best_acc, the best test:
+  best_by: oracle           # selected on target labels, as the official code does
 steps: {MA_ITERATIONS}
 seed: {MA_SEED} # the README run (code default 0)
 eval_every: 500 # test interval 500

@@ -1,6 +1,7 @@
 """Unsupervised validators against independent NumPy computations and hand-made cases."""
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -159,3 +160,85 @@ def test_validator_scores_computes_each_validator(arrays):
     assert list(only) == ["bnm"]
     with pytest.raises(ValueError, match="unknown validators"):
         v.validator_scores(*arrays.values(), names=("accuracy",))
+
+
+class _FakePredictor:
+    """``predictor(state, domain, split) -> (features, logits)`` over fixed random arrays,
+    counting the passes (what :func:`validators.state_scores` asks of a Predictor)."""
+
+    def __init__(self, source_test_size: int = 29):
+        rng = np.random.default_rng(5)
+        self.arrays = {
+            ("source", "train"): (rng.normal(size=(41, 4)), rng.normal(size=(41, 6)) * 3),
+            ("source", "test"): (
+                rng.normal(size=(source_test_size, 4)),
+                rng.normal(size=(source_test_size, 6)) * 3,
+            ),
+            ("target", "train"): (rng.normal(size=(37, 4)) + 0.5, rng.normal(size=(37, 6)) * 3),
+            ("target", "test"): (rng.normal(size=(23, 4)), rng.normal(size=(23, 6)) * 3),
+        }
+        source = SimpleNamespace(test_labels=rng.integers(0, 6, source_test_size))
+        target = SimpleNamespace(test_labels=rng.integers(0, 6, 23))
+        self.experiment = SimpleNamespace(source=source, target=target)
+        self.calls: list[tuple[str, str]] = []
+
+    def __call__(self, state, domain, split):
+        assert state == "state"
+        self.calls.append((domain, split))
+        return self.arrays[(domain, split)]
+
+
+def test_state_scores_makes_each_pass_once_and_equals_the_array_functions():
+    predictor = _FakePredictor()
+    names = (*v.VALIDATORS, v.ORACLE)
+    scores = v.state_scores(predictor, "state", names, seed=3)
+    assert list(scores) == list(names)
+    assert sorted(predictor.calls) == sorted(set(predictor.calls))  # each pass once
+    assert set(predictor.calls) == {w for n in names for w in v.DEFINITIONS[n].reads}
+    a = predictor.arrays
+    source_labels = predictor.experiment.source.test_labels
+    expected = {
+        "source_accuracy": v.source_accuracy(a["source", "test"][1], source_labels),
+        "entropy": v.target_entropy(a["target", "train"][1]),
+        "im": v.information_maximization(a["target", "train"][1]),
+        "bnm": v.batch_nuclear_norm(a["target", "train"][1]),
+        "snd": v.soft_neighborhood_density(a["target", "train"][1]),
+        "dev": v.deep_embedded_validation(
+            a["source", "train"][0],
+            *a["source", "test"],
+            source_labels,
+            a["target", "train"][0],
+            seed=3,
+        ),
+        "oracle": float(
+            np.mean(np.argmax(a["target", "test"][1], 1) == predictor.experiment.target.test_labels)
+        ),
+    }
+    assert scores == pytest.approx(expected, rel=1e-12)
+
+
+def test_state_scores_reads_only_what_the_named_validators_need():
+    predictor = _FakePredictor()
+    v.state_scores(predictor, "state", ("entropy", "im", "bnm", "snd"))
+    assert predictor.calls == [("target", "train")]  # the target's labels are never read
+    predictor = _FakePredictor()
+    v.state_scores(predictor, "state", ("source_accuracy",))
+    assert predictor.calls == [("source", "test")]
+    with pytest.raises(ValueError, match="unknown validators"):
+        v.state_scores(predictor, "state", ("accuracy",))
+
+
+def test_state_scores_is_nan_where_the_source_test_split_is_empty():
+    predictor = _FakePredictor(source_test_size=0)
+    scores = v.state_scores(predictor, "state", ("source_accuracy", "dev", "im"))
+    assert math.isnan(scores["source_accuracy"]) and math.isnan(scores["dev"])
+    assert math.isfinite(scores["im"])
+    assert ("source", "train") not in predictor.calls  # DEV's pass is skipped too
+
+
+def test_definitions_cover_every_validator_and_mark_only_the_oracle():
+    assert set(v.DEFINITIONS) == {*v.VALIDATORS, v.ORACLE}
+    assert [n for n, d in v.DEFINITIONS.items() if d.uses_target_labels] == [v.ORACLE]
+    assert all(("target", "test") not in v.DEFINITIONS[n].reads for n in v.VALIDATORS)
+    assert v.metric_name("snd") == "eval/validator/snd"
+    assert v.metric_name(v.ORACLE) == "eval/target_accuracy"

@@ -19,9 +19,11 @@ warning and uses the previous one; a foreign config stops with the fields that d
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -30,12 +32,12 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from uda_jax import validators
 from uda_jax.config import CheckpointConfig
 from uda_jax.errors import UserError
 from uda_jax.state import TrainState
 
 PyTree = Any
-BEST_METRIC = "eval/target_accuracy"
 
 # orbax logs every save at INFO through absl; the run's own console output is enough.
 logging.getLogger("absl").setLevel(logging.WARNING)
@@ -104,14 +106,48 @@ def _abstract(tree: PyTree) -> PyTree:
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
 
+def best_selection(config: CheckpointConfig) -> dict[str, Any] | None:
+    """What ``keep_best`` ranks by (``by``: the criterion, ``metric``: its evaluation metric,
+    ``higher_is_better``), or None when ``keep_best`` is off."""
+    if not config.keep_best:
+        return None
+    return {
+        "by": config.best_by,
+        "metric": validators.metric_name(config.best_by),
+        "higher_is_better": validators.DEFINITIONS[config.best_by].higher_is_better,
+    }
+
+
+def _selection_metrics(eval_metrics: dict[str, Any]) -> dict[str, float | None]:
+    """The evaluation metrics a checkpoint is ranked by: the target accuracy and every logged
+    validator (so a resumed run with another ``best_by`` ranks the same checkpoints); empty
+    before the first evaluation (such a checkpoint ranks last)."""
+    names = (validators.ORACLE_METRIC, *(validators.metric_name(v) for v in validators.VALIDATORS))
+    found = {k: float(eval_metrics[k]) for k in names if k in eval_metrics}
+    return {k: v if math.isfinite(v) else None for k, v in found.items()}
+
+
+def _rank_value(metrics: dict[str, Any], *, metric: str, higher_is_better: bool) -> float:
+    """A checkpoint's value of ``metric``; missing or not finite, the worst possible one."""
+    value = metrics.get(metric)
+    if value is None or not math.isfinite(value):
+        return -math.inf if higher_is_better else math.inf
+    return float(value)
+
+
 class Checkpointer:
     """Saves and restores a run's checkpoints in ``directory``.
 
-    Keeps the latest ``config.keep`` steps and, with ``config.keep_best``, also the step with
-    the best target accuracy in its metadata. ``identity``: the config fields that change the
-    numbers (:func:`uda_jax.run_dir.training_fields`), written with every save and checked by
-    every restore (None: not checked). ``read_only``: never create, clean or write anything
-    (what ``evaluate`` uses next to a running training).
+    Keeps the latest ``config.keep`` steps and, with ``config.keep_best``, also the step whose
+    metadata holds the best value of ``config.best_by``: a validator's ``eval/validator/<name>``
+    or, for ``oracle``, ``eval/target_accuracy`` (higher or lower is better as the criterion's
+    :data:`~uda_jax.validators.DEFINITIONS` entry says). Every checkpoint's metadata records
+    that choice under ``keep_best`` (null when none is kept).
+
+    ``identity``: the config fields that change the numbers
+    (:func:`uda_jax.run_dir.training_fields`), written with every save and checked by every
+    restore (None: not checked). ``read_only``: never create, clean or write anything (what
+    ``evaluate`` uses next to a running training).
     """
 
     def __init__(
@@ -123,14 +159,25 @@ class Checkpointer:
         read_only: bool = False,
     ):
         policies: list[Any] = [ocp.checkpoint_managers.LatestN(n=config.keep)]
-        if config.keep_best:
+        self.best = best_selection(config)
+        best: dict[str, Any] = {}
+        if self.best is not None:
+            rank = functools.partial(
+                _rank_value,
+                metric=self.best["metric"],
+                higher_is_better=self.best["higher_is_better"],
+            )
             policies.append(
                 ocp.checkpoint_managers.BestN(
-                    get_metric_fn=lambda metrics: metrics[BEST_METRIC],
+                    get_metric_fn=rank,
+                    reverse=not self.best["higher_is_better"],
                     n=1,
                     keep_checkpoints_without_metrics=False,
                 )
             )
+            # a best_fn makes orbax write each step's metrics and read them back when the run
+            # resumes; without it the best step of before the restart would be dropped
+            best = {"best_fn": rank, "best_mode": "max" if self.best["higher_is_better"] else "min"}
         self.directory = Path(directory).absolute()
         self.identity = identity
         absl = logging.getLogger("absl")
@@ -143,6 +190,7 @@ class Checkpointer:
                 create=not read_only,
                 cleanup_tmp_directories=not read_only,
                 read_only=read_only,
+                **best,
             )
             self._manager = ocp.CheckpointManager(
                 self.directory, options=options, item_names=("state", "data", "meta")
@@ -154,15 +202,29 @@ class Checkpointer:
         """Complete checkpoints, oldest first."""
         return sorted(self._manager.all_steps())
 
+    def best_step(self) -> int | None:
+        """The checkpoint ``keep_best`` keeps: the best by ``best_by`` (the newest of equals;
+        one saved before any evaluation ranks last), or None when ``keep_best`` is off or no
+        checkpoint holds metrics (none saved, or saved by an older uda-jax)."""
+        if self.best is None:
+            return None
+        metric, higher = self.best["metric"], self.best["higher_is_better"]
+        ranked = []
+        for step in self.steps():
+            metrics = self._manager.metrics(step)
+            if metrics is not None:
+                value = _rank_value(metrics, metric=metric, higher_is_better=higher)
+                ranked.append((value if higher else -value, step))
+        return max(ranked)[1] if ranked else None
+
     def save(
         self, step: int, state: TrainState, data_state: dict[str, Any], meta: dict[str, Any]
     ) -> None:
         """Writes checkpoint ``step`` (replacing one of the same step); returns when durable."""
         if step in self._manager.all_steps():
             self._manager.delete(step)
-        metrics = {BEST_METRIC: meta["eval"][BEST_METRIC]} if BEST_METRIC in meta["eval"] else None
         tree = _to_tree(state)
-        proof: dict[str, Any] = {"checksums": checksums(tree)}
+        proof: dict[str, Any] = {"checksums": checksums(tree), "keep_best": self.best}
         if self.identity is not None:
             proof |= {"config": self.identity, "config_hash": identity_hash(self.identity)}
         self._manager.save(
@@ -172,7 +234,7 @@ class Checkpointer:
                 data=ocp.args.JsonSave(data_state),
                 meta=ocp.args.JsonSave({**meta, **proof, "step": step}),
             ),
-            metrics=metrics,
+            metrics=_selection_metrics(meta["eval"]),
             force=True,
         )
         self._manager.wait_until_finished()

@@ -133,7 +133,12 @@ class CheckpointConfig:
 
     every: int = 500  # save every this many steps; 0: only at the end and on SIGTERM/Ctrl-C
     keep: int = 3  # how many of the latest checkpoints to keep
-    keep_best: bool = False  # also keep the best by target accuracy (oracle selection)
+    keep_best: bool = False  # also keep the best checkpoint by checkpoint.best_by
+    # what keep_best ranks by: a validator, computed at each evaluation (see Model selection), or
+    # oracle: the target test accuracy, which reads the target labels
+    best_by: typing.Literal["im", "snd", "bnm", "entropy", "dev", "source_accuracy", "oracle"] = (
+        "im"
+    )
 
 
 def _default_sections() -> Mapping[str, Any]:
@@ -161,6 +166,9 @@ class Config:
     # BatchNorm statistics evaluation predicts with. running: those of training (the papers);
     # target: AdaBN, recomputed from the target training split before each evaluation
     eval_batchnorm: typing.Literal["running", "target"] = "running"
+    # validators logged at each evaluation as eval/validator/<name>, without target labels:
+    # entropy, im, bnm, snd (O(N²) in target examples), source_accuracy, dev (source passes)
+    validators: tuple[str, ...] = ("entropy", "im", "bnm")
     log_every: int = 25  # write and show the training metrics every this many steps
     run_dir: str | None = None  # default: runs/<method>_<source>-<target>_<config hash>
     progress: bool = True  # progress bar (or plain lines when not a terminal) and status lines
@@ -857,6 +865,7 @@ def validate(config: Config) -> None:
         if group_cfg.lr_mult < 0:
             raise UserError(f"optimizer.groups.{group}.lr_mult must be >= 0")
     _validate_data(config.data)
+    _validate_validators(config.validators)
     _check_kwargs(config.optimizer.kwargs, "optimizer.kwargs.", _OPTIMIZER_RANGES)
     for group, group_cfg in config.optimizer.groups.items():
         _check_kwargs(group_cfg.kwargs, f"optimizer.groups.{group}.kwargs.", _OPTIMIZER_RANGES)
@@ -884,6 +893,25 @@ def _validate_data(data: DataConfig) -> None:
             f"data.num_workers={data.num_workers} is more worker processes than this machine "
             f"can use ({cores} CPU cores); use at most {most} (0 decodes in the main process)"
         )
+
+
+def _validate_validators(names: Sequence[str]) -> None:
+    """``validators``: known names, each once; ``oracle`` is not one (it reads target labels)."""
+    from uda_jax.validators import ORACLE, VALIDATORS
+
+    for name in names:
+        if name == ORACLE:
+            raise UserError(
+                "validators cannot list oracle: it reads the target labels, and the target "
+                "accuracy is logged at every evaluation anyway (eval/target_accuracy)"
+            )
+        if name not in VALIDATORS:
+            hint = did_you_mean(name, VALIDATORS)
+            raise UserError(
+                f"validators: unknown validator {name!r}{hint}; valid: {', '.join(VALIDATORS)}"
+            )
+        if names.count(name) > 1:
+            raise UserError(f"validators lists {name} twice; give each validator once")
 
 
 def _positive(v: float) -> bool:

@@ -1,7 +1,10 @@
 """Command line: ``python -m uda_jax.evaluate RUN_DIR_OR_CHECKPOINT [key=value ...]``.
 
 Restores a run's checkpoint (the latest, or the one named by the path or ``step=``) and reports
-overall accuracy, mean class accuracy and the per-class table on a domain the config knows.
+overall accuracy, mean class accuracy and the per-class table on a domain the config knows, and
+the score of every unsupervised validator (:mod:`uda_jax.validators`) of the checkpoint: for the
+run's source and target whatever ``domain=`` and ``split=`` say, from the target's training split
+without labels, the source's test split and, for DEV, the source's training split.
 
 Keys:
   domain=NAME      the domain to evaluate (default: the run's target)
@@ -15,13 +18,14 @@ from __future__ import annotations
 
 import sys
 
-from uda_jax import cli
+from uda_jax import cli, validators
 
 if __name__ == "__main__" and cli.wants_help(sys.argv[1:]):  # answer before JAX is imported
     raise SystemExit(cli.print_help("evaluate"))
 
 import errno
 import json
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,7 +38,7 @@ from uda_jax.config import load_config, parse_override
 from uda_jax.data.domains import check_compatible
 from uda_jax.data.sources import AnyDomain, domain_batches, load_data_domain, split_labels
 from uda_jax.errors import UserError, did_you_mean
-from uda_jax.evaluation import classification_metrics, predict_batches
+from uda_jax.evaluation import Predictor, classification_metrics, predict_batches
 from uda_jax.experiment import build_experiment, compile_predict, create_train_state
 from uda_jax.run_dir import training_fields
 
@@ -166,7 +170,8 @@ def _domain(experiment, name: str | None) -> AnyDomain:
 
 
 def evaluate(path: Path, options: dict[str, Any]) -> dict[str, Any]:
-    """Restores the checkpoint and returns the metrics (and writes features when asked)."""
+    """Restores the checkpoint and returns the metrics and the validators' scores (and writes
+    features when asked)."""
     run_dir, step = locate(path, options.get("step"))
     config = load_config(run_dir / "config.yaml")
     experiment = build_experiment(config)
@@ -190,10 +195,15 @@ def evaluate(path: Path, options: dict[str, Any]) -> dict[str, Any]:
     domain = _domain(experiment, options.get("domain"))
     split = options["split"]
     labels = split_labels(domain, split)
-    predict_fn = compile_predict(experiment)
-    state = restored.state
-    batches = domain_batches(domain, split, config.data)
-    features, logits = predict_batches(predict_fn, state.params, state.batch_stats, batches)
+    predictor = Predictor(experiment)
+    state = predictor.evaluated(restored.state)  # as training evaluated (eval_batchnorm)
+    roles = {id(experiment.target): "target", id(experiment.source): "source"}
+    if id(domain) in roles:  # the run's own domains: the predictor compiled for the validators
+        features, logits = predictor(state, roles[id(domain)], split)
+    else:
+        batches = domain_batches(domain, split, config.data)
+        predict_fn = compile_predict(experiment)
+        features, logits = predict_batches(predict_fn, state.params, state.batch_stats, batches)
     predictions = np.argmax(logits, axis=1)
     metrics = classification_metrics(predictions, labels, domain.class_names)
     if options.get("features"):
@@ -209,6 +219,20 @@ def evaluate(path: Path, options: dict[str, Any]) -> dict[str, Any]:
         "split": split,
         "num_examples": len(labels),
         **metrics,
+        "validators": validator_report(predictor, state, config.seed),
+    }
+
+
+def validator_report(predictor: Predictor, state: Any, seed: int) -> dict[str, dict[str, Any]]:
+    """``{name: {"value": score or None (NaN), "higher_is_better": bool}}`` of every validator
+    (:data:`uda_jax.validators.VALIDATORS`) for ``state``."""
+    scores = validators.state_scores(predictor, state, validators.VALIDATORS, seed=seed)
+    return {
+        name: {
+            "value": value if np.isfinite(value) else None,
+            "higher_is_better": validators.DEFINITIONS[name].higher_is_better,
+        }
+        for name, value in scores.items()
     }
 
 
@@ -224,6 +248,11 @@ def format_table(result: dict[str, Any]) -> str:
     for key, value in result.items():
         if key.startswith("per_class/"):
             lines.append(f"    {key.removeprefix('per_class/'):<20} {value:.4f}")
+    lines.append("  validators (no target labels: target train, source test and train splits):")
+    for name, entry in result["validators"].items():
+        value = math.nan if entry["value"] is None else entry["value"]
+        better = "higher" if entry["higher_is_better"] else "lower"
+        lines.append(f"    {name:<20} {value:>9.4f}  {better} is better")
     return "\n".join(lines)
 
 

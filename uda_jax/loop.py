@@ -1,5 +1,6 @@
-"""The pieces of the training loop besides train steps: timing, what is due at a step, the
-finiteness guard, the process-wide stop decision and the end-of-run record."""
+"""The pieces of the training loop besides train steps: timing, what is due at a step, what an
+evaluation measures, the finiteness guard, the process-wide stop decision and the end-of-run
+record."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 
 import jax
 
+from uda_jax import validators
 from uda_jax.config import Config
 from uda_jax.parallel import (
     host_peak_rss_bytes,
@@ -47,6 +49,30 @@ def log_due(config: Config, done: int) -> bool:
 def eval_due(config: Config, done: int) -> bool:
     """Whether the target is evaluated after iteration ``done``."""
     return done == config.steps or bool(config.eval_every and done % config.eval_every == 0)
+
+
+def logged_validators(config: Config) -> tuple[str, ...]:
+    """The validators each evaluation computes: ``config.validators``, and
+    ``checkpoint.best_by`` when ``keep_best`` ranks by a validator (it needs the value)."""
+    names = tuple(config.validators)
+    best = config.checkpoint
+    if best.keep_best and best.best_by != validators.ORACLE and best.best_by not in names:
+        names += (best.best_by,)
+    return names
+
+
+def evaluation_metrics(predictor: Any, state: Any, config: Config) -> dict[str, float]:
+    """One evaluation: the target test accuracies (``eval/target_...``) and the logged
+    validators' scores (``eval/validator/<name>``, :func:`logged_validators`), from
+    ``predictor`` (a :class:`uda_jax.evaluation.Predictor`). Both score the state evaluation
+    predicts with (with ``eval_batchnorm: target``, the target's BatchNorm statistics)."""
+    metrics = predictor.evaluate_target(state)
+    names = logged_validators(config)
+    if names:
+        evaluated = predictor.evaluated(state)
+        scores = validators.state_scores(predictor, evaluated, names, seed=config.seed)
+        metrics |= {validators.metric_name(name): value for name, value in scores.items()}
+    return metrics
 
 
 def save_due(config: Config, done: int) -> bool:

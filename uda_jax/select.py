@@ -27,18 +27,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from uda_jax import validators
 from uda_jax.errors import UserError, did_you_mean
 
 # The modules that start JAX are imported where they are used, so --help answers without them.
 USAGE = "usage: python -m uda_jax.select RUN_DIR [RUN_DIR ...] [key=value ...]"
-ORACLE = "oracle"
+ORACLE = validators.ORACLE
 CHOICES = (*validators.VALIDATORS, ORACLE)
 DEFAULT_VALIDATOR = "snd"
 KEYS = ("validator", "step", "json")
-TARGET_ONLY = ("entropy", "im", "bnm", "snd")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,41 +85,16 @@ def parse_args(argv: Sequence[str]) -> tuple[list[Path], dict[str, Any]]:
 
 
 def score_state(predictor: Any, state: Any, validator: str, seed: int = 0) -> float:
-    """The score of ``validator`` (higher is better) for one restored state, from the
-    predictions of ``predictor`` (:class:`uda_jax.evaluation.Predictor`)."""
-    experiment = predictor.experiment
-    if validator == ORACLE:
-        _, logits = predictor(state, "target", "test")
-        return validators.source_accuracy(logits, experiment.target.test_labels)
-    if validator in TARGET_ONLY:
-        _, target_logits = predictor(state, "target", "train")
-        empty = np.zeros((0, 0))
-        scores = validators.validator_scores(
-            empty, empty, np.zeros(0, int), empty, target_logits, names=(validator,)
-        )
-        return scores[validator]
-    labels = experiment.source.test_labels
-    if len(labels) == 0:
+    """The score of ``validator`` for one restored state, from the
+    predictions of ``predictor`` (:class:`uda_jax.evaluation.Predictor`); see
+    :func:`uda_jax.validators.state_scores`."""
+    reads_source = validators.SOURCE_TEST in validators.DEFINITIONS[validator].reads
+    if reads_source and len(predictor.experiment.source.test_labels) == 0:
         raise UserError(
             f"validator={validator} needs the source's test split, which is empty "
             "(data.test_fraction=0?)"
         )
-    features, logits = predictor(state, "source", "test")
-    target_features = train_features = np.zeros((0, 0))
-    if validator == "dev":
-        train_features, _ = predictor(state, "source", "train")
-        target_features, _ = predictor(state, "target", "train")
-    scores = validators.validator_scores(
-        features,
-        logits,
-        labels,
-        target_features,
-        np.zeros((0, 0)),
-        source_train_features=train_features,
-        names=(validator,),
-        seed=seed,
-    )
-    return scores[validator]
+    return validators.state_scores(predictor, state, (validator,), seed=seed)[validator]
 
 
 def rank(paths: Sequence[Path], validator: str, which: str) -> list[Candidate]:
@@ -152,11 +124,13 @@ def rank(paths: Sequence[Path], validator: str, which: str) -> list[Candidate]:
             if not steps:
                 raise UserError(f"run {run_dir} has no complete checkpoint")
             for step in steps if which == "all" else steps[-1:]:
-                state = checkpointer.restore(step, like).state
+                state = predictor.evaluated(checkpointer.restore(step, like).state)
                 score = score_state(predictor, state, validator, seed=config.seed)
                 candidates.append(Candidate(str(run_dir), step, float(score)))
-    # best first; a NaN score (nothing to measure) ranks last; ties keep the given order
-    return sorted(candidates, key=lambda c: -c.score if not math.isnan(c.score) else math.inf)
+    # best first (which way is better: the validator's definition); a NaN score (nothing to
+    # measure) ranks last; ties keep the given order
+    sign = -1 if validators.DEFINITIONS[validator].higher_is_better else 1
+    return sorted(candidates, key=lambda c: sign * c.score if not math.isnan(c.score) else math.inf)
 
 
 def format_table(ranking: Sequence[Candidate], validator: str) -> str:
@@ -164,7 +138,7 @@ def format_table(ranking: Sequence[Candidate], validator: str) -> str:
     label = (
         "oracle: target test accuracy (uses target labels; a reference, not a valid choice)"
         if validator == ORACLE
-        else f"{validator} (unsupervised; higher is better)"
+        else f"{validator} (unsupervised; {_better(validator)} is better)"
     )
     runs = len({c.run_dir for c in ranking})
     lines = [
@@ -176,6 +150,10 @@ def format_table(ranking: Sequence[Candidate], validator: str) -> str:
     best = ranking[0]
     lines.append(f"chosen: {best.run_dir} step {best.step} ({validator} {best.score:.6g})")
     return "\n".join(lines)
+
+
+def _better(validator: str) -> str:
+    return "higher" if validators.DEFINITIONS[validator].higher_is_better else "lower"
 
 
 def _as_json(candidate: Candidate) -> dict[str, Any]:

@@ -50,6 +50,7 @@ from uda_jax.loop import (
     agreed_stop,
     check_finite,
     eval_due,
+    evaluation_metrics,
     final_results,
     log_due,
     save_due,
@@ -150,7 +151,7 @@ def _train(experiment, run_dir, mesh, state, stream, restored, is_main) -> dict[
             out.progress.advance()
             if eval_due(config, done):
                 with clock.pause(state):
-                    eval_metrics = predictor.evaluate_target(state)
+                    eval_metrics = evaluation_metrics(predictor, state, config)
                 out.log_evaluation(done, eval_metrics)
             stop = agreed_stop(config, out.signals.received, done)
             if save_due(config, done) or stop:
@@ -228,7 +229,7 @@ def _finish(config, run_dir, state, predictor, eval_metrics, clock, start, is_ma
     jax.block_until_ready(state.step)
     steps_per_s = clock.steps_per_second(config.steps)
     if not eval_metrics:  # resumed from the final checkpoint of an unfinished run
-        eval_metrics = predictor.evaluate_target(state)
+        eval_metrics = evaluation_metrics(predictor, state, config)
     if config.plots and is_main:
         write_curves(predictor.experiment, run_dir)
     if config.tsne:  # every process computes features (collectives); the main one draws

@@ -7,10 +7,19 @@ docstring says. Conventions: ``logits [N, C]``, ``features [N, D]``, ``labels [N
 ``p_i = softmax(z_i)``; ``H(p) = −Σ_k p_k log p_k`` (natural log, computed from log-softmax, so
 without the ``+1e-5`` some official codes put inside the log).
 
-:func:`validator_scores` computes all of them (or the ones named) from the predictions of one
-checkpoint; ``python -m uda_jax.select`` ranks checkpoints and runs by one of them.
+:func:`validator_scores` computes all of them (or the ones named) from arrays of predictions;
+:func:`state_scores` makes those predictions for one model state and computes them: the one
+function behind ``python -m uda_jax.evaluate`` (which prints them all), ``python -m
+uda_jax.select`` (which ranks checkpoints and runs by one), the ``eval/validator/<name>`` metrics
+logged during training and ``checkpoint.best_by``. :data:`DEFINITIONS` says what each reads and
+which way is better; ``oracle`` (the target test accuracy, which reads the target labels) is
+there too, marked as the one that is not a validator.
 
 References:
+  Morerio, P., Cavazza, J., Murino, V. Minimal-Entropy Correlation Alignment for Unsupervised
+  Deep Domain Adaptation. ICLR 2018.
+  Gomes, R., Krause, A., Perona, P. Discriminative Clustering by Regularized Information
+  Maximization. NeurIPS 2010.
   Shi, Y., Sha, F. Information-Theoretical Learning of Discriminative Clusters for Unsupervised
   Domain Adaptation. ICML 2012.
   Liang, J., Hu, D., Feng, J. Do We Really Need to Access the Source Data? Source Hypothesis
@@ -25,7 +34,10 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -34,6 +46,51 @@ SND_CHUNK = 1024  # rows of the N×N similarity matrix computed at once
 DEV_REGULARIZATION = (0.1, 1.0, 10.0)  # inverse L2 strengths C tried for the classifier
 DEV_HOLDOUT = 0.2  # fraction of the domain classifier's data that chooses C
 VALIDATORS = ("source_accuracy", "entropy", "im", "bnm", "snd", "dev")
+ORACLE = "oracle"  # target test accuracy: reads the target labels, so not a validator
+METRIC_PREFIX = "eval/validator/"  # the training metrics: eval/validator/<name>
+ORACLE_METRIC = "eval/target_accuracy"  # the training metric oracle selection ranks by
+
+# The predictions a validator reads, as (domain, split) of the experiment.
+TARGET_TRAIN = ("target", "train")  # the unlabelled target data adaptation trains on
+SOURCE_TEST = ("source", "test")  # held-out labelled source data (validation)
+SOURCE_TRAIN = ("source", "train")  # the source data the model trained on (DEV's classifier)
+TARGET_TEST = ("target", "test")  # with its labels: oracle only
+
+
+@dataclasses.dataclass(frozen=True)
+class Definition:
+    """A criterion for choosing a model: what it reads and which way is better."""
+
+    name: str
+    higher_is_better: bool
+    reads: tuple[tuple[str, str], ...]  # the (domain, split) predictions it needs
+    summary: str  # one line, for tables
+    uses_target_labels: bool = False
+
+
+DEFINITIONS = {
+    d.name: d
+    for d in (
+        Definition("source_accuracy", True, (SOURCE_TEST,), "accuracy on held-out source data"),
+        Definition("entropy", True, (TARGET_TRAIN,), "negated mean entropy of target predictions"),
+        Definition("im", True, (TARGET_TRAIN,), "information maximization on the target"),
+        Definition("bnm", True, (TARGET_TRAIN,), "nuclear norm of target predictions / N"),
+        Definition("snd", True, (TARGET_TRAIN,), "soft neighbourhood density on the target"),
+        Definition(
+            "dev",
+            True,
+            (SOURCE_TEST, SOURCE_TRAIN, TARGET_TRAIN),
+            "negated importance-weighted source risk (DEV)",
+        ),
+        Definition(
+            ORACLE,
+            True,
+            (TARGET_TEST,),
+            "target test accuracy (reads target labels)",
+            uses_target_labels=True,
+        ),
+    )
+}
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -64,7 +121,9 @@ def target_entropy(target_logits: np.ndarray) -> float:
 
     Lower entropy (more confident target predictions) is better, so the score is its negative:
     0 for one-hot predictions, ``−log C`` for uniform ones (entropy minimisation as a criterion:
-    Grandvalet & Bengio, NeurIPS 2004; a validator in Saito et al., ICCV 2021). Higher is better.
+    Grandvalet & Bengio, NeurIPS 2004; target entropy for choosing hyperparameters without
+    target labels: Morerio et al., ICLR 2018; a validator in Saito et al., ICCV 2021). Higher
+    is better.
     """
     return float(-np.mean(_entropy_rows(_log_softmax(target_logits))))
 
@@ -72,10 +131,11 @@ def target_entropy(target_logits: np.ndarray) -> float:
 def information_maximization(target_logits: np.ndarray) -> float:
     """Information maximisation ``IM = H(p̄) − (1/N) Σ_i H(p_i)``, ``p̄ = (1/N) Σ_i p_i``.
 
-    The mutual information between input and predicted class (Shi & Sha, ICML 2012; the IM
-    objective of SHOT, Liang et al., ICML 2020): confident (low conditional entropy) and diverse
-    (high marginal entropy) target predictions. Between 0 and ``log C``, which a perfectly
-    confident prediction with balanced classes reaches. Higher is better.
+    The mutual information between input and predicted class (Gomes et al., NeurIPS 2010; Shi &
+    Sha, ICML 2012; the IM objective of SHOT, Liang et al., ICML 2020): confident (low
+    conditional entropy) and diverse (high marginal entropy) target predictions. Between 0 and
+    ``log C``, which a perfectly confident prediction with balanced classes reaches. Higher is
+    better.
     """
     log_probs = _log_softmax(target_logits)
     mean_probs = np.mean(np.exp(log_probs), axis=0)
@@ -250,3 +310,66 @@ def validator_scores(
         ),
     }
     return {name: compute[name]() for name in names}
+
+
+def metric_name(name: str) -> str:
+    """The training metric of criterion ``name``: ``eval/validator/<name>``, or
+    ``eval/target_accuracy`` for ``oracle``."""
+    return ORACLE_METRIC if name == ORACLE else METRIC_PREFIX + name
+
+
+def state_scores(
+    predictor: Callable[..., tuple[np.ndarray, np.ndarray]],
+    state: Any,
+    names: Sequence[str] = VALIDATORS,
+    *,
+    seed: int = 0,
+) -> dict[str, float]:
+    """The scores of ``names`` (validators, or ``oracle``) for one model state.
+
+    Makes each prediction pass the criteria read (:attr:`Definition.reads`) once, then computes
+    them with :func:`validator_scores`. A criterion that reads the source's test split scores
+    NaN when that split is empty.
+
+    Args:
+      predictor: a :class:`uda_jax.evaluation.Predictor` of the experiment (``predictor(state,
+        domain, split) -> (features, logits)``, with the domains as ``predictor.experiment``).
+      state: the model state to score, as evaluation predicts with it.
+      names: which criteria, in the order of the result.
+      seed: DEV's held-out split for choosing its classifier's regularisation.
+
+    Raises:
+      ValueError: an unknown name.
+    """
+    unknown = [n for n in names if n not in DEFINITIONS]
+    if unknown:
+        valid = ", ".join(DEFINITIONS)
+        raise ValueError(f"unknown validators {unknown}; valid: {valid}")
+    experiment = predictor.experiment
+    source_labels = np.asarray(experiment.source.test_labels)
+    undefined = {
+        n for n in names if SOURCE_TEST in DEFINITIONS[n].reads and source_labels.size == 0
+    }
+    predictions: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+    for name in (n for n in names if n not in undefined):
+        for where in DEFINITIONS[name].reads:
+            if where not in predictions:
+                predictions[where] = predictor(state, *where)
+    empty = (np.zeros((0, 0)), np.zeros((0, 0)))
+    source_features, source_logits = predictions.get(SOURCE_TEST, empty)
+    target_features, target_logits = predictions.get(TARGET_TRAIN, empty)
+    unsupervised = [n for n in names if n != ORACLE and n not in undefined]
+    scores = validator_scores(
+        source_features,
+        source_logits,
+        source_labels,
+        target_features,
+        target_logits,
+        source_train_features=predictions.get(SOURCE_TRAIN, empty)[0],
+        names=unsupervised,
+        seed=seed,
+    )
+    if ORACLE in names:
+        _, logits = predictions[TARGET_TEST]
+        scores[ORACLE] = source_accuracy(logits, experiment.target.test_labels)
+    return {name: scores.get(name, math.nan) for name in names}
