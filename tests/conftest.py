@@ -13,10 +13,22 @@ import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # The embedded-data cache of the test session, never the user's (set before any fixture runs).
-os.environ["UDA_JAX_CACHE"] = tempfile.mkdtemp(prefix="uda_jax_test_cache_")
-# One persistent XLA compilation cache for the session and its subprocesses: the many tests that
-# build the same train steps compile each once (it cuts the suite's time by about half).
-os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="uda_jax_test_xla_cache_")
+os.environ["UDA_JAX_CACHE"] = (
+    os.path.join(
+        tempfile.gettempdir(), "uda_jax_test_cache_" + os.environ["PYTEST_XDIST_TESTRUNUID"]
+    )
+    if "PYTEST_XDIST_TESTRUNUID" in os.environ  # one for all pytest-xdist workers
+    else tempfile.mkdtemp(prefix="uda_jax_test_cache_")
+)
+# One persistent XLA compilation cache for the session, its workers and subprocesses: the many
+# tests that build the same train steps compile each once (it cuts the suite's time by half).
+os.environ["JAX_COMPILATION_CACHE_DIR"] = (
+    os.path.join(
+        tempfile.gettempdir(), "uda_jax_test_xla_cache_" + os.environ["PYTEST_XDIST_TESTRUNUID"]
+    )
+    if "PYTEST_XDIST_TESTRUNUID" in os.environ
+    else tempfile.mkdtemp(prefix="uda_jax_test_xla_cache_")
+)
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 

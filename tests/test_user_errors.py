@@ -531,7 +531,7 @@ def test_unreadable_checkpoint_is_refused_and_the_run_dir_left_alone(
     before = _files(run_dir)
     assert train_main([*TINY, f"run_dir={run_dir}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("error: checkpoint ") and "cannot be restored" in err[-1]
+    assert err[-1].startswith("error: checkpoint ") and "cannot be read" in err[-1]
     assert all(line.startswith("warning: ") for line in err[:-1])
     assert _files(run_dir) == before
 

@@ -49,8 +49,11 @@ def print_help(command: str) -> None:
 
 
 def announce_start(argv: Sequence[str]) -> None:
-    """The first status line, printed before JAX and the training modules load (seconds), unless
-    the command line says ``progress=false``."""
+    """On a terminal, the first status line, printed before JAX and the training modules load
+    (seconds), unless the command line says ``progress=false``. Logs and pipes get none: a
+    bad command line stays one line there."""
+    if not sys.stderr.isatty():
+        return
     if any(arg.replace(" ", "").lower() in ("progress=false", "progress=no") for arg in argv):
         return
     from uda_jax.metrics import status

@@ -38,7 +38,8 @@ def _series(records: list[dict], prefix: str) -> dict[str, tuple[list[int], list
 
 def plot_curves(metrics_path: Path, out_path: Path, alignment_metrics: Sequence[str] = ()) -> None:
     """Four panels against the step: classification losses, alignment losses (the method's
-    ``alignment_metrics``), the learning rate, and the target accuracies."""
+    ``alignment_metrics``), the learning rate, and the target accuracies (the validators,
+    on other scales, stay in ``metrics.jsonl`` and TensorBoard)."""
     records = read_metrics(metrics_path)
     train = _series(records, "train/")
     alignment = {n: s for n, s in train.items() if n in alignment_metrics}
@@ -50,7 +51,7 @@ def plot_curves(metrics_path: Path, out_path: Path, alignment_metrics: Sequence[
         ("classification losses", classification, {}),
         ("alignment losses", alignment, {}),
         ("learning rate", learning_rate, {}),
-        ("target evaluation", _series(records, "eval/"), {"ylim": (0, 1), "marker": "o"}),
+        ("target accuracy", _series(records, "eval/target_"), {"ylim": (0, 1), "marker": "o"}),
     )
     fig, axes = plt.subplots(1, 4, figsize=(20, 4.5))
     for ax, (title, series, options) in zip(axes, panels, strict=True):

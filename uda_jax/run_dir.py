@@ -36,6 +36,8 @@ RESUMABLE_CHANGES = frozenset(
         "distributed",
         "cpu_tuning",
         "tsne",
+        "validators",  # what evaluation logs
+        "eval_batchnorm",  # how evaluation predicts (AdaBN or not), not what is trained
     }
 )
 

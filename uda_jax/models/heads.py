@@ -23,7 +23,6 @@ from uda_jax.models.layers import (
     torch_uniform_init,
 )
 
-
 # torch.nn.init's xavier_normal_ and kaiming_normal_ draw from an untruncated normal; flax's
 # xavier_normal() truncates at two standard deviations.
 XAVIER_NORMAL = nn.initializers.variance_scaling(1.0, "fan_avg", "normal")
