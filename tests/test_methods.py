@@ -1,6 +1,6 @@
 """Every registered method's step on a fixed batch: its documented metrics, its objective going
-down, purity, frozen parameters; MCD's and CGDM's sub-steps; CGDM's warm-up switch as data;
-the adversarial gradient norm against an independent gradient; and the method registry."""
+down, purity, frozen parameters; the bi-classifier sub-steps (MCD, CGDM); CGDM's warm-up switch
+as data; the adversarial gradient norm against an independent gradient; and the method registry."""
 
 import dataclasses
 import math
@@ -19,7 +19,7 @@ from uda_jax.losses import cross_entropy
 from uda_jax.methods import Method, build_method, lookup, names, register
 from uda_jax.methods.adversarial import Adversarial
 from uda_jax.methods.cgdm import CGDM
-from uda_jax.methods.mcd import MCD
+from uda_jax.methods.mcd import MCD, BiClassifier
 
 METHODS = names()
 
@@ -187,10 +187,11 @@ def test_rolled_step_c_loop_trains_as_the_unrolled_one(tiny_experiment):
         np.testing.assert_allclose(m_rolled[name], m_unrolled[name], rtol=1e-5, atol=1e-6)
 
 
-def test_cgdm_is_mcd_with_its_two_terms():
-    assert issubclass(CGDM, MCD)
-    assert set(MCD.metrics) < set(CGDM.metrics)
-    assert {"loss_gd", "loss_pseudo"} == set(CGDM.metrics) - set(MCD.metrics)
+def test_cgdm_is_the_joint_batch_bi_classifier_with_its_two_terms():
+    assert issubclass(CGDM, BiClassifier) and CGDM.joint_batch
+    assert set(BiClassifier.metrics) < set(CGDM.metrics)
+    assert {"loss_gd", "loss_pseudo"} == set(CGDM.metrics) - set(BiClassifier.metrics)
+    assert set(MCD.metrics) == set(BiClassifier.metrics)
 
 
 # ----------------------------------------------------------------------------- adversarial

@@ -10,9 +10,9 @@ import pytest
 
 from uda_jax.config import load_config
 from uda_jax.errors import UserError
-from uda_jax.methods import lookup, source_and_target
+from uda_jax.methods import lookup
 from uda_jax.methods.api import classify
-from uda_jax.methods.mcd import discrepancy_key
+from uda_jax.methods.mcd import MCD, discrepancy_key
 from uda_jax.methods.swd import (
     SWD,
     SwdConfig,
@@ -70,6 +70,7 @@ def test_registered_with_its_own_section_and_the_digits_config_loads():
     assert config.method.name == "swd"
     assert config.section("swd") == SwdConfig(num_projections=128, num_k=4)
     assert SWD.network.num_classifiers == 2
+    assert issubclass(SWD, MCD) and not SWD.joint_batch  # Saito's MCD: separate domain batches
     with pytest.raises(UserError, match=r"swd\.num_projections"):
         load_config(None, ["method.name=swd", "swd.num_projections=0"])
 
@@ -87,17 +88,13 @@ def test_one_step_runs_and_step_c_lowers_its_objective(tiny_experiment):
     method = dataclasses.replace(method, config=dataclasses.replace(method.config, num_k=1))
     key = jax.random.key(7)
 
-    def objective(state):
+    def objective(state):  # step C's forward: the target batch alone, as in MCD
         g_key, f_key = jax.random.split(key)
         features, _ = ctx.network.apply_generator(
-            state.params["g"],
-            state.batch_stats["g"],
-            source_and_target(batch),
-            train=True,
-            rng=g_key,
+            state.params["g"], state.batch_stats["g"], batch["target_image"], train=True, rng=g_key
         )
         logits, _ = classify(ctx, state.params, state.batch_stats, features, f_key)
-        _, disc, _ = method.terms(logits, batch["source_label"], discrepancy_key(key))
+        disc, _ = method.target_terms(logits, discrepancy_key(key))
         return disc
 
     step_c = tiny.jit(lambda s, k: method.step_c(ctx, s, batch, k))

@@ -1,8 +1,9 @@
 """SWD: sliced Wasserstein discrepancy (Lee et al., CVPR 2019).
 
-MCD's two classifiers and three steps (:mod:`uda_jax.methods.mcd`), with the discrepancy
-between the classifiers' target probabilities ``P1, P2 [B, C]`` measured by the sliced
-Wasserstein discrepancy instead of the mean absolute difference:
+Saito et al.'s MCD (:class:`uda_jax.methods.mcd.MCD`: two classifiers, three steps, each domain
+its own forward pass and BatchNorm batch), with the discrepancy between the classifiers' target
+probabilities ``P1, P2 [B, C]`` measured by the sliced Wasserstein discrepancy instead of the
+mean absolute difference:
 
   ``SWD(P1, P2) = (1/(B·M)) Σ_m Σ_i (sort(P1 u_m)_i − sort(P2 u_m)_i)²``
 
@@ -12,10 +13,16 @@ values of a direction (the 1-D optimal transport of two empirical distributions 
 in sorted order). Steps B (classifiers maximise it) and C (``num_k`` generator steps
 minimise it) use it; step A is MCD's.
 
+Built on the faithful MCD, as the paper builds on MCD's three steps. The official code is a
+toy two-moons demo without BatchNorm; it too forwards the source and the target in separate
+passes (``toyNet(X)`` and ``toyNet(X_target)``), never one concatenated batch. (It runs the
+source, classifier and generator updates of one iteration as one grouped TensorFlow step on
+the same forward passes; here they are MCD's sequential steps A, B and C×``num_k``.)
+
 References:
   Lee, C.-Y., Batra, T., Baig, M. H., Ulbricht, D. Sliced Wasserstein Discrepancy for
   Unsupervised Domain Adaptation. CVPR 2019. Code: https://github.com/apple/ml-cvpr2019-swd
-  (``sliced_wasserstein_discrepancy`` in its ``swd.py``).
+  (``discrepancy_slice_wasserstein`` in its ``swd.py``).
 """
 
 from __future__ import annotations
