@@ -145,9 +145,14 @@ class Predictor:
         return predict_batches(self._predict, state.params, state.batch_stats, batches)
 
     def evaluate_target(self, state: TrainState) -> dict[str, float]:
-        """Accuracy metrics on the target test split, keys ``eval/target_...``."""
+        """Accuracy metrics on the target test split, keys ``eval/target_...``, of the state
+        evaluation predicts with (:meth:`evaluated`)."""
+        return self.target_metrics(self.evaluated(state))
+
+    def target_metrics(self, evaluated: TrainState) -> dict[str, float]:
+        """:meth:`evaluate_target` of a state that is already :meth:`evaluated`."""
         target = self.experiment.target
-        _, logits = self(self.evaluated(state), "target", "test")
+        _, logits = self(evaluated, "target", "test")
         metrics = classification_metrics(
             np.argmax(logits, axis=1), target.test_labels, target.class_names
         )

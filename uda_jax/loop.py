@@ -66,10 +66,10 @@ def evaluation_metrics(predictor: Any, state: Any, config: Config) -> dict[str, 
     validators' scores (``eval/validator/<name>``, :func:`logged_validators`), from
     ``predictor`` (a :class:`uda_jax.evaluation.Predictor`). Both score the state evaluation
     predicts with (with ``eval_batchnorm: target``, the target's BatchNorm statistics)."""
-    metrics = predictor.evaluate_target(state)
+    evaluated = predictor.evaluated(state)  # AdaBN's pass, when asked for, once
+    metrics = predictor.target_metrics(evaluated)
     names = logged_validators(config)
     if names:
-        evaluated = predictor.evaluated(state)
         scores = validators.state_scores(predictor, evaluated, names, seed=config.seed)
         metrics |= {validators.metric_name(name): value for name, value in scores.items()}
     return metrics
