@@ -31,7 +31,6 @@ import numpy as np
 from sweep_common import ROOT, append_jsonl, commit, read_jsonl, t_interval, write_between_markers
 
 DIRECTIONS = (("mnist5k", "ucidigits"), ("ucidigits", "mnist5k"))
-MARKERS = "digits-table"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,10 +244,11 @@ def export_baselines(results: dict[tuple, dict], path: Path) -> None:
     path.write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
 
 
-def write_report(text: str, table: Path, document: Path) -> None:
-    """Writes ``text`` to ``table`` and between the markers of ``document``."""
+def write_report(text: str, steps: int, table: Path, document: Path) -> None:
+    """Writes ``text`` to ``table`` and between the ``digits-table-<steps>`` markers of
+    ``document`` (one table per budget)."""
     table.write_text(text)
-    write_between_markers(document, MARKERS, text)
+    write_between_markers(document, f"digits-table-{steps}", text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -259,7 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--results", type=Path, default=ROOT / "benchmarks/results/digits_table.jsonl"
     )
-    parser.add_argument("--table", type=Path, default=ROOT / "benchmarks/results/digits_table.md")
+    parser.add_argument(
+        "--table", type=Path, help="default: benchmarks/results/digits_table_<steps>.md"
+    )
     parser.add_argument("--document", type=Path, default=ROOT / "docs/results.md")
     parser.add_argument("--baselines", type=Path, default=ROOT / "configs/digits_baselines.json")
     parser.add_argument("--work-dir", type=Path, default=ROOT / "runs/digits_table")
@@ -268,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     rows = tuple(BY_KEY[k] for k in args.rows)
+    args.table = args.table or ROOT / f"benchmarks/results/digits_table_{args.steps}.md"
     todo = list(cells(rows, args.steps, args.max_seeds))
     done = read_results(args.results)
     missing = [c for c in todo if c.key not in done]
@@ -283,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
             append_jsonl(args.results, record)
             print(json.dumps(record), flush=True)
         done = read_results(args.results)
-    write_report(report(done, args.steps), args.table, args.document)
+    write_report(report(done, args.steps), args.steps, args.table, args.document)
     export_baselines(done, args.baselines)
     print(args.table.read_text())
     return 0

@@ -64,7 +64,7 @@ def test_report_has_means_spreads_and_paired_differences():
 def test_a_sweep_appends_runs_and_skips_the_finished_ones(tmp_path, capsys):
     document = tmp_path / "results.md"
     document.write_text(
-        "before\n<!-- digits-table:start -->\nold\n<!-- digits-table:end -->\nafter\n"
+        "before\n<!-- digits-table-2:start -->\nold\n<!-- digits-table-2:end -->\nafter\n"
     )
     args = [
         "--steps", "2", "--rows", "source_only", "--max-seeds", "1",
