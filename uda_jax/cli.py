@@ -14,8 +14,10 @@ EVALUATE_USAGE = (
     "(or: uda-jax-evaluate ...)"
 )
 EVALUATE_KEYS = """
-Report accuracy, mean class accuracy and the per-class table of a run's checkpoint (read-only:
-it never writes, cleans or locks the run directory).
+Report accuracy, mean class accuracy and the per-class table of a run's checkpoint, and the
+score of every unsupervised validator (entropy, IM, BNM, SND, DEV, source accuracy; see
+uda_jax.select to rank checkpoints by one). Read-only: it never writes, cleans or locks the run
+directory.
 
 Keys:
   domain=NAME      the domain to evaluate (default: the run's target)
