@@ -199,7 +199,7 @@ TRAIN_CASES = [
     (["validators=[snf]"], "validators: unknown validator 'snf' (did you mean 'snd'?); valid:"),
     (["validators=[im,oracle]"], "validators cannot list oracle: it reads the target labels"),
     (["validators=[im,bnm,im]"], "validators lists im twice"),
-    (["validators=snd"], "validators must be a list, got 'snd'"),
+    (["validators=snd"], "validators must be a list, got 'snd' (e.g. validators=[snd])"),
     (["validators=[3]"], "validators[0] must be of type str, got 3"),
     (["validators=[im,'']"], "validators[1] is empty"),
     (["model.pretrained=missing.pth"], "model.pretrained: no weights file at missing.pth"),

@@ -693,7 +693,9 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         return _coerce(inner, value, key)
     if origin is tuple:
         if not isinstance(value, list | tuple):
-            raise UserError(f"{key} must be a list, got {value!r} (e.g. {key}=[256,256])")
+            inner = typing.get_args(hint)[0]
+            example = "[256,256]" if inner is int else f"[{value}]"
+            raise UserError(f"{key} must be a list, got {value!r} (e.g. {key}={example})")
         inner = typing.get_args(hint)[0]
         return tuple(_coerce(inner, v, f"{key}[{i}]") for i, v in enumerate(value))
     if origin in (dict, Mapping) or hint in (dict, Mapping):
