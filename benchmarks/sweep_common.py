@@ -37,10 +37,17 @@ def append_jsonl(path: Path, record: dict) -> None:
         out.write(json.dumps(record) + "\n")
 
 
+# What the sweeps themselves write: a change there does not make the code differ from HEAD.
+OUTPUTS = ("benchmarks/results", "docs/results.md", "configs/digits_baselines.json")
+
+
 def commit() -> str:
-    """The repository's commit, with ``+dirty`` when tracked files differ from it."""
+    """The repository's commit, with ``+dirty`` when tracked files other than the sweeps' own
+    outputs differ from it."""
     head = _git("rev-parse", "--short", "HEAD") or "unknown"
-    return head + ("+dirty" if _git("status", "--porcelain", "--untracked-files=no") else "")
+    excluded = [f":(exclude){path}" for path in OUTPUTS]
+    dirty = _git("status", "--porcelain", "--untracked-files=no", "--", ".", *excluded)
+    return head + ("+dirty" if dirty else "")
 
 
 def _git(*args: str) -> str:

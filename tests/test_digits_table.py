@@ -99,7 +99,7 @@ def test_baselines_export_feeds_the_comparison_under_a_runs_summary(tmp_path):
     }
     cgdm = load_config("digits_cgdm", ["steps=400"])
     line = baselines.comparison_line(cgdm, exported)
-    assert "source only + AdaBN 0.6000 ± 0.1000 (3 seeds)" in line and "commit abc" in line
+    assert "source only + AdaBN 0.6000 ± 0.1000 (3 seeds)" in line and "at abc;" in line
     assert baselines.comparison_line(load_config("digits_cgdm", ["steps=401"]), exported) is None
     assert (
         baselines.comparison_line(load_config("digits_source_only_adabn", ["steps=400"]), exported)

@@ -51,5 +51,5 @@ def comparison_line(config: Config, baselines: dict[str, Any] | None = None) -> 
         return None
     return (
         f"  for comparison, the same task and steps: {'; '.join(parts)} "
-        f"(benchmarks/digits_table.py, commit {entry['commit']}, docs/results.md)"
+        f"(benchmarks/digits_table.py at {entry['commit']}; docs/results.md)"
     )
