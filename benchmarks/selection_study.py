@@ -175,10 +175,8 @@ def report(records: dict, steps: int) -> str:
                 regrets.append(regret)
                 per_method.setdefault(method, {}).setdefault(validator, []).append(regret)
         if regrets:
-            lines.append(
-                f"| {validator} | {_interval(rhos, '.2f')} | {_interval(regrets, '.1f')} | "
-                f"{len(regrets)} |"
-            )
+            rho = _interval(rhos, ".2f", (-1.0, 1.0))
+            lines.append(f"| {validator} | {rho} | {_interval(regrets, '.1f')} | {len(regrets)} |")
     lines += ["", "Regret per method (points, mean over seeds):", ""]
     lines += ["| method | " + " | ".join(VALIDATORS) + " |", "|---" * (len(VALIDATORS) + 1) + "|"]
     for method, by_validator in sorted(per_method.items()):
@@ -202,13 +200,15 @@ def report(records: dict, steps: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _interval(values: list[float], fmt: str) -> str:
+def _interval(values: list[float], fmt: str, bounds=(-np.inf, np.inf)) -> str:
+    """``mean [low, high]``, the interval clipped to ``bounds`` (a correlation's [−1, 1])."""
     if not values:
         return "–"
     mean, half = t_interval(values)
     if np.isnan(half):
         return f"{mean:{fmt}}"
-    return f"{mean:{fmt}} [{mean - half:{fmt}}, {mean + half:{fmt}}]"
+    low, high = max(mean - half, bounds[0]), min(mean + half, bounds[1])
+    return f"{mean:{fmt}} [{low:{fmt}}, {high:{fmt}}]"
 
 
 def main(argv: list[str] | None = None) -> int:

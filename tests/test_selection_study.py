@@ -49,7 +49,7 @@ def test_report_pools_method_seed_pairs():
         stats.t.ppf(0.975, 1) * np.std([0, 10.0], ddof=1) / np.sqrt(2),
     )
     assert (
-        f"| snd | 0.00 [-12.71, 12.71] | {mean:.1f} [{mean - half:.1f}, {mean + half:.1f}] | 2 |"
+        f"| snd | 0.00 [-1.00, 1.00] | {mean:.1f} [{mean - half:.1f}, {mean + half:.1f}] | 2 |"
         in text
     )
 
