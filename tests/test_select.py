@@ -104,9 +104,9 @@ def test_one_run_ranks_all_its_checkpoints_and_oracle_picks_the_best_accuracy(
 
 
 def test_table_names_the_choice_and_labels_the_oracle(runs, capsys):
-    assert select.main([str(runs[0]), str(runs[1])]) == 0  # default: snd
+    assert select.main([str(runs[0]), str(runs[1])]) == 0  # default: im
     out = capsys.readouterr().out
-    assert out.startswith("validator snd (unsupervised")
+    assert out.startswith("validator im (unsupervised")
     assert out.splitlines()[-1].startswith("chosen: ")
     assert select.main([str(runs[0]), "validator=oracle"]) == 0
     assert "oracle: target test accuracy (uses target labels" in capsys.readouterr().out
@@ -139,4 +139,4 @@ def test_help_answers_before_jax_starts():
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False
     )
     assert out.returncode == 0, out.stderr
-    assert "validator=snd" in out.stdout
+    assert "validator=im" in out.stdout

@@ -1,11 +1,11 @@
-"""Command line: ``python -m uda_jax.select RUN_DIR... [validator=snd] [step=...] [json=true]``.
+"""Command line: ``python -m uda_jax.select RUN_DIR... [validator=im] [step=...] [json=true]``.
 
 Chooses a model without target labels: ranks the checkpoints of one run, or the runs of a sweep
 (several run directories), by an unsupervised validator (:mod:`uda_jax.validators`) and reports
 the chosen run and step. Read-only: it never writes, cleans or locks a run directory.
 
 Keys:
-  validator=snd    snd (default), im, bnm, entropy, dev, source_accuracy; or oracle: the target
+  validator=im     im (default), snd, bnm, entropy, dev, source_accuracy; or oracle: the target
                    test accuracy, which needs the target labels (a reference, never a choice
                    open to real domain adaptation)
   step=all|last    all checkpoints of every run, or the last of each (default: all for one run
@@ -34,7 +34,7 @@ from uda_jax.errors import UserError, did_you_mean
 USAGE = "usage: python -m uda_jax.select RUN_DIR [RUN_DIR ...] [key=value ...]"
 ORACLE = validators.ORACLE
 CHOICES = (*validators.VALIDATORS, ORACLE)
-DEFAULT_VALIDATOR = "snd"
+DEFAULT_VALIDATOR = "im"  # the best on the digits selection study (docs/results.md)
 KEYS = ("validator", "step", "json")
 
 
