@@ -160,7 +160,7 @@ class Config:
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
-    steps: int = 400  # training iterations
+    steps: int = 1000  # training iterations
     seed: int = 0  # initialisation, batches and dropout: one seed, one run
     eval_every: int = 100  # 0: evaluate only at the end
     # BatchNorm statistics evaluation predicts with. running: those of training (the papers);
