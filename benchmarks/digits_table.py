@@ -3,7 +3,9 @@
 Every cell (row × direction × seed) trains one config of ``configs/`` on the embedded task for
 ``--steps`` iterations and appends one JSON line to ``--results`` when it finishes, so the
 sweep is resumable at two levels: a finished cell is never run again, and a cell killed half-way
-resumes from its last checkpoint in ``--work-dir``. Seeds are the outer loop, so a partial
+resumes from its last checkpoint in ``--work-dir``. Each record names the commit the sweep
+started from, so run a long sweep from a checkout you do not edit meanwhile (a clone, with
+``--results`` and ``--work-dir`` pointing back here). Seeds are the outer loop, so a partial
 sweep has every row at the same number of seeds. JAX uses a GPU when one is installed.
 
     python benchmarks/digits_table.py                     # run what is missing, then report
@@ -132,8 +134,9 @@ def read_results(path: Path) -> dict[tuple, dict]:
     return read_jsonl(path, lambda r: (r["row"], r["source"], r["target"], r["seed"], r["steps"]))
 
 
-def run_cell(cell: Cell, work_dir: Path) -> dict:
-    """Trains one cell (resuming a killed one) and returns its JSON record."""
+def run_cell(cell: Cell, work_dir: Path, code: str) -> dict:
+    """Trains one cell (resuming a killed one) and returns its JSON record; ``code`` is the
+    commit the sweep started from (the code it imported, whatever the checkout holds later)."""
     import jax
 
     from uda_jax.config import load_config
@@ -158,7 +161,7 @@ def run_cell(cell: Cell, work_dir: Path) -> dict:
         "batch_size": config.data.batch_size,
         "target_accuracy": result["target_accuracy"],
         "wall_s": round(time.time() - started, 1),
-        "commit": commit(),
+        "commit": code,
         "jax": jax.__version__,
         "backend": f"{jax.device_count()} {jax.default_backend()}",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -280,9 +283,11 @@ def main(argv: list[str] | None = None) -> int:
             print(("done  " if cell.key in done else "to do ") + cell.name)
         return 0
     if not args.report:
+        code = commit()  # the code this process imports; later edits of the checkout do not count
+        print(f"code: {code}", flush=True)
         for index, cell in enumerate(missing):
             print(f"[{index + 1}/{len(missing)}] {cell.name}", flush=True)
-            record = run_cell(cell, args.work_dir)
+            record = run_cell(cell, args.work_dir, code)
             append_jsonl(args.results, record)
             print(json.dumps(record), flush=True)
         done = read_results(args.results)
