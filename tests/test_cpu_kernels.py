@@ -56,20 +56,33 @@ def test_conv_value_gradient_and_second_order_match_lax(x_shape, k_shape, stride
         return lambda x, k: jnp.sum(jnp.tanh(conv(x, k, strides, padding)) * c)
 
     ref, new = loss(_lax_conv), loss(_cpu_conv)
-    np.testing.assert_allclose(new(x, k), ref(x, k), rtol=1e-12)
-    for got, want in zip(jax.grad(new, (0, 1))(x, k), jax.grad(ref, (0, 1))(x, k), strict=True):
-        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
 
     def grad_norm(f):  # a gradient of a gradient, in both arguments
         return lambda x, k: sum(jnp.sum(g**2) for g in jax.grad(f, (0, 1))(x, k))
 
-    for got, want in zip(
-        jax.grad(grad_norm(new), (0, 1))(x, k), jax.grad(grad_norm(ref), (0, 1))(x, k), strict=True
-    ):
-        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-10)
     # forward over reverse (Hessian-vector products) works through the custom_jvp
-    hvp = lambda f: jax.jvp(lambda k: jax.grad(f, 1)(x, k), (k,), (jnp.ones_like(k),))[1]
-    np.testing.assert_allclose(hvp(new), hvp(ref), rtol=1e-9, atol=1e-10)
+    hvp = lambda f: lambda x, k: jax.jvp(lambda k: jax.grad(f, 1)(x, k), (k,), (k**0,))[1]
+
+    # each derivative compiled as one program (as a train step uses it), both ways at once
+    @jax.jit
+    def both(x, k):
+        return [
+            (f(new)(x, k), f(ref)(x, k))
+            for f in (
+                lambda f: f,
+                lambda f: jax.grad(f, (0, 1)),
+                lambda f: jax.grad(grad_norm(f), (0, 1)),
+                hvp,
+            )
+        ]
+
+    (value, gradient, second, product) = both(x, k)
+    np.testing.assert_allclose(*value, rtol=1e-12)
+    for got, want in zip(*gradient, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    for got, want in zip(*second, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-10)
+    np.testing.assert_allclose(*product, rtol=1e-9, atol=1e-10)
 
 
 def _conv_layouts(hlo: str) -> set[str]:
@@ -367,10 +380,11 @@ def test_a_network_on_the_cpu_kernels_equals_one_on_xlas_in_value_and_gradient()
 
         return f
 
-    np.testing.assert_allclose(loss(ours)(params), loss(theirs)(params), rtol=1e-12)
+    value = jax.jit(lambda p: (loss(ours)(p), loss(theirs)(p)))  # one program each, as trained
+    np.testing.assert_allclose(*value(params), rtol=1e-12)
     for got, want in zip(
-        jax.tree.leaves(jax.grad(loss(ours))(params)),
-        jax.tree.leaves(jax.grad(loss(theirs))(params)),
+        jax.tree.leaves(jax.jit(jax.grad(loss(ours)))(params)),
+        jax.tree.leaves(jax.jit(jax.grad(loss(theirs)))(params)),
         strict=True,
     ):
         np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
@@ -411,7 +425,8 @@ def test_a_resnet_on_the_cpu_kernels_equals_one_on_xlas_in_value_and_gradient():
     ours_jaxpr, theirs_jaxpr = (str(jax.make_jaxpr(loss(m))(params)) for m in (ours, theirs))
     assert ours_jaxpr.count("custom_jvp_call") - theirs_jaxpr.count("custom_jvp_call") == 20
     assert "reduce_window_max" in theirs_jaxpr and "reduce_window_max" not in ours_jaxpr
-    np.testing.assert_allclose(loss(ours)(params), loss(theirs)(params), rtol=1e-12)
+    value = jax.jit(lambda p: (loss(ours)(p), loss(theirs)(p)))
+    np.testing.assert_allclose(*value(params), rtol=1e-12)
     for got, want in zip(
         jax.tree.leaves(jax.jit(jax.grad(loss(ours)))(params)),
         jax.tree.leaves(jax.jit(jax.grad(loss(theirs)))(params)),
