@@ -22,8 +22,8 @@ import pytest
 
 from uda_jax import cpu, domain_losses
 from uda_jax.config import load_config
+from uda_jax.experiment import method_network
 from uda_jax.methods import StepContext, build_method
-from uda_jax.models import build_network
 from uda_jax.optim import build_optimizers
 from uda_jax.state import TrainState
 
@@ -93,18 +93,8 @@ def _network(family: str):
     """The network of a method family, built as ``build_experiment`` builds it, with float64
     parameters and batch statistics (the network does not depend on the variant's options)."""
     config = load_config(None, [*COMMON, *(CGDM if family == "cgdm" else METAALIGN)])
-    spec = build_method(config).network
     tuning = cpu.tuning(config.cpu_tuning, config.model.backbone)
-    network = build_network(
-        config.model,
-        CLASSES,
-        spec.num_classifiers,
-        head=spec.head,
-        bridge=spec.bridge,
-        discriminator_input=spec.discriminator_input,
-        dtype=jnp.bfloat16 if config.precision == "bf16" else jnp.float32,
-        ops=cpu.layer_ops(tuning),
-    )
+    network = method_network(config, build_method(config), CLASSES, cpu.layer_ops(tuning))
     # Initialised in float32: under x64 ``Network.init`` feeds the discriminator a float64
     # zeros input, which strict promotion refuses against its float32 kernel.
     with jax.enable_x64(False):

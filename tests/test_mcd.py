@@ -28,10 +28,10 @@ import pytest
 
 from uda_jax import cpu
 from uda_jax.config import load_config, to_dict
+from uda_jax.experiment import method_network
 from uda_jax.methods import StepContext, build_method
 from uda_jax.methods.cgdm import CGDM, CgdmConfig
 from uda_jax.methods.mcd import MCD, BiClassifier, McdConfig
-from uda_jax.models import build_network
 from uda_jax.optim import build_optimizers
 from uda_jax.state import TrainState
 
@@ -82,16 +82,8 @@ def _library(optimizer: str):
     """``(config, ctx, initial float64 state, tuning)`` of the tiny MCD run."""
     path = ROOT / "configs/digits_mcd.yaml" if optimizer == "adam" else None
     config = load_config(path, [*COMMON, *OPTIMIZERS[optimizer]])
-    spec = build_method(config).network
     tuning = cpu.tuning(config.cpu_tuning, config.model.backbone)
-    network = build_network(
-        config.model,
-        CLASSES,
-        spec.num_classifiers,
-        head=spec.head,
-        dtype=jnp.float32,
-        ops=cpu.layer_ops(tuning),
-    )
+    network = method_network(config, build_method(config), CLASSES, cpu.layer_ops(tuning))
     with jax.enable_x64(False):  # initialised in float32, as the float64 iteration test does
         params, stats = jax.jit(lambda key: network.init(key, (32, 32, 1)))(jax.random.key(0))
     params, stats = _to_f64(params), _to_f64(stats)

@@ -27,7 +27,7 @@ from uda_jax.data.domains import DOMAINS, check_compatible
 from uda_jax.data.sources import TFDS_IN_MEMORY, AnyDomain, load_data_domain, num_examples
 from uda_jax.errors import UserError
 from uda_jax.methods import Batch, Method, Metrics, StepContext, build_method, predict
-from uda_jax.models import build_network
+from uda_jax.models import Network, build_network
 from uda_jax.models.torch_weights import load_pretrained_backbone
 from uda_jax.optim import build_optimizers
 from uda_jax.state import TrainState
@@ -74,7 +74,7 @@ def build_experiment(
                 f"({num_examples(domain)} training images); lower data.batch_size"
             )
     tuning = cpu.tuning(config.cpu_tuning, config.model.backbone)
-    network = _network(config, method, source.num_classes, cpu.layer_ops(tuning))
+    network = method_network(config, method, source.num_classes, cpu.layer_ops(tuning))
     pretrained_path(config)  # a missing weights file fails here, before anything runs
     params, _ = jax.eval_shape(lambda: network.init(jax.random.key(0), source.image_shape))
     masks = {group: network.frozen_mask(group, tree) for group, tree in params.items()}
@@ -85,8 +85,10 @@ def build_experiment(
     return Experiment(config, source, target, method, ctx, tuning)
 
 
-def _network(config: Config, method: Method, num_classes: int, ops: Any = None) -> Any:
-    """The network of ``config`` with the heads ``method`` asks for."""
+def method_network(config: Config, method: Method, num_classes: int, ops: Any = None) -> Network:
+    """The network of ``config`` with the heads, bridge, discriminator and new-layer
+    initialisation ``method`` asks for: the one ``build_experiment`` trains (``ops``: the layer
+    implementations, XLA's by default)."""
     spec = method.network
     return build_network(
         config.model,
@@ -128,7 +130,7 @@ def check_sizes(config: Config, method: Method, source: AnyDomain | None = None)
     """
     shape, key = _image_shape(config, source)
     # the heads' classes are not known before the domains load: 1 gives a lower bound
-    network = _network(config, method, source.num_classes if source is not None else 1)
+    network = method_network(config, method, source.num_classes if source is not None else 1)
     data_bytes = 0 if source is not None else _in_memory_bytes(config)
     host = _memory(jax.local_devices(backend="cpu")[0]) if _has_cpu() else None
     if host is not None and data_bytes > host[0]:
