@@ -143,6 +143,11 @@ TRAIN_CASES = [
     (["cgdm.gd_weight=nan"], "cgdm.gd_weight must be a finite number, got nan"),
     (["cgdm.num_k=0"], "cgdm.num_k must be positive, got 0"),
     (
+        ["cgdm.num_k=40"],
+        "cgdm.num_k=40 would compile 40 unrolled copies of step C; set "
+        "cgdm.unroll_c=false (one loop body) or num_k <= 16",
+    ),
+    (
         ["dann.trade_off=2"],
         "config section 'dann' belongs to method dann, but method.name is 'cgdm'; "
         "remove it or set method.name=dann",

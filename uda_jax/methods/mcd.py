@@ -44,6 +44,7 @@ import jax
 import jax.numpy as jnp
 
 from uda_jax.config import check_range
+from uda_jax.errors import UserError
 from uda_jax.losses import classifier_discrepancy, cross_entropy, information_entropy
 from uda_jax.methods.api import (
     Batch,
@@ -68,6 +69,10 @@ SEPARATE_DOMAINS = {"a": (SOURCE,), "b": (SOURCE, TARGET), "c": (TARGET,)}
 DomainLogits = dict[str, dict[str, jax.Array]]
 
 
+# More unrolled repeats of step C than this compile for minutes; a rolled loop takes any number.
+MAX_UNROLLED_K = 16
+
+
 @dataclasses.dataclass(frozen=True)
 class McdConfig:
     """Options of the bi-classifier iteration (section ``mcd``; CGDM's and SWD's extend it)."""
@@ -82,9 +87,15 @@ class McdConfig:
     entropy_weight: float = 0.0
 
     def validate(self, where: str) -> None:
-        """Positive ``num_k``, non-negative weights (``where``: the section's key prefix)."""
+        """Positive ``num_k`` (at most :data:`MAX_UNROLLED_K` unrolled), non-negative weights
+        (``where``: the section's key prefix)."""
         weights = ("discrepancy_weight", "entropy_weight")
         check_range(self, where, positive=("num_k",), non_negative=weights)
+        if self.unroll_c and self.num_k > MAX_UNROLLED_K:
+            raise UserError(
+                f"{where}num_k={self.num_k} would compile {self.num_k} unrolled copies of step "
+                f"C; set {where}unroll_c=false (one loop body) or num_k <= {MAX_UNROLLED_K}"
+            )
 
 
 def discrepancy_key(rng: jax.Array) -> jax.Array:
