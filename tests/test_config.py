@@ -391,7 +391,7 @@ def test_bad_files(tmp_path):
     ],
 )
 def test_strict_yaml_refuses_what_pyyaml_reads_silently(text, line, fragment):
-    from uda_jax.config import StrictYamlError, load_yaml
+    from uda_jax.strict_yaml import StrictYamlError, load_yaml
 
     with pytest.raises(StrictYamlError) as info:
         load_yaml(text)
@@ -400,7 +400,7 @@ def test_strict_yaml_refuses_what_pyyaml_reads_silently(text, line, fragment):
 
 
 def test_strict_yaml_keeps_what_is_unambiguous():
-    from uda_jax.config import load_yaml
+    from uda_jax.strict_yaml import load_yaml
 
     text = "a: 1e-8\nb: 2.5e3\nc: 0\nd: 00\ne: 007\nf: '010'\ng: +5\nh: .inf\ni: -.5\n"
     assert load_yaml(text) == {
