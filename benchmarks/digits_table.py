@@ -30,7 +30,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from sweep_common import ROOT, append_jsonl, commit, read_jsonl, t_interval, write_between_markers
+from sweep_common import (
+    ROOT,
+    add_compilation_cache_argument,
+    append_jsonl,
+    read_jsonl,
+    start_sweep,
+    t_interval,
+    write_between_markers,
+)
 
 DIRECTIONS = (("mnist5k", "ucidigits"), ("ucidigits", "mnist5k"))
 
@@ -268,13 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--document", type=Path, default=ROOT / "docs/results.md")
     parser.add_argument("--baselines", type=Path, default=ROOT / "configs/digits_baselines.json")
     parser.add_argument("--work-dir", type=Path, default=ROOT / "runs/digits_table")
-    parser.add_argument(
-        "--compilation-cache",
-        type=Path,
-        default=ROOT / "runs/xla_cache",
-        help="persistent XLA compilation cache: the cells of a row differ only in data and seed, "
-        "so their steps compile once",
-    )
+    add_compilation_cache_argument(parser)
     parser.add_argument("--plan", action="store_true", help="list the cells, run nothing")
     parser.add_argument("--report", action="store_true", help="write the table, run nothing")
     args = parser.parse_args(argv)
@@ -290,10 +292,7 @@ def main(argv: list[str] | None = None) -> int:
             print(("done  " if cell.key in done else "to do ") + cell.name)
         return 0
     if not args.report:
-        import jax
-
-        jax.config.update("jax_compilation_cache_dir", str(args.compilation_cache))
-        code = commit()  # the code this process imports; later edits of the checkout do not count
+        code = start_sweep(args.compilation_cache)
         print(f"code: {code}", flush=True)
         for index, cell in enumerate(missing):
             print(f"[{index + 1}/{len(missing)}] {cell.name}", flush=True)

@@ -26,7 +26,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-from sweep_common import ROOT, append_jsonl, commit, read_jsonl, t_interval, write_between_markers
+from sweep_common import (
+    ROOT,
+    add_compilation_cache_argument,
+    append_jsonl,
+    read_jsonl,
+    start_sweep,
+    t_interval,
+    write_between_markers,
+)
 
 MARKERS = "selection-study"
 SOURCE, TARGET = "mnist5k", "ucidigits"
@@ -68,8 +76,11 @@ def runs(steps: int, every: int, seeds: int, methods: list[str]) -> list[Run]:
     ]
 
 
-def train_and_score(run: Run, work_dir: Path, done: set[tuple[str, int]], results: Path) -> None:
-    """Trains ``run`` (resuming it) unless finished, then scores its unscored checkpoints."""
+def train_and_score(
+    run: Run, work_dir: Path, done: set[tuple[str, int]], results: Path, code: str
+) -> None:
+    """Trains ``run`` (resuming it) unless finished, then scores its unscored checkpoints;
+    ``code`` is the commit the sweep started from."""
     from uda_jax.checkpoint import Checkpointer
     from uda_jax.config import load_config
     from uda_jax.evaluation import Predictor
@@ -120,7 +131,7 @@ def train_and_score(run: Run, work_dir: Path, done: set[tuple[str, int]], result
                     "steps": run.steps,
                     "scores": scores,
                     "train_wall_s": round(trained_s, 1),
-                    "commit": commit(),
+                    "commit": code,
                     "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                 },
             )
@@ -225,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--document", type=Path, default=ROOT / "docs/results.md")
     parser.add_argument("--work-dir", type=Path, default=ROOT / "runs/selection_study")
+    add_compilation_cache_argument(parser)
     parser.add_argument("--report", action="store_true", help="write the tables, run nothing")
     args = parser.parse_args(argv)
 
@@ -233,12 +245,13 @@ def main(argv: list[str] | None = None) -> int:
 
     todo = runs(args.steps, args.every, args.seeds, args.methods)
     if not args.report:
+        code = start_sweep(args.compilation_cache)
         for index, run in enumerate(todo):
             done = set(read_jsonl(args.results, key))
             if all((run.name, s) in done for s in run.checkpoint_steps):
                 continue
             print(f"[{index + 1}/{len(todo)}] {run.name}", flush=True)
-            train_and_score(run, args.work_dir, done, args.results)
+            train_and_score(run, args.work_dir, done, args.results, code)
     text = report(read_jsonl(args.results, key), args.steps)
     args.table.parent.mkdir(parents=True, exist_ok=True)
     args.table.write_text(text)

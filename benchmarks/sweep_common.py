@@ -3,6 +3,7 @@ and versions a figure was measured with, Student-t intervals, and the results pa
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import subprocess
@@ -48,6 +49,29 @@ def commit() -> str:
     excluded = [f":(exclude){path}" for path in OUTPUTS]
     dirty = _git("status", "--porcelain", "--untracked-files=no", "--", ".", *excluded)
     return head + ("+dirty" if dirty else "")
+
+
+def add_compilation_cache_argument(parser: argparse.ArgumentParser) -> None:
+    """``--compilation-cache``: the folder of the sweep's persistent XLA compilation cache."""
+    parser.add_argument(
+        "--compilation-cache",
+        type=Path,
+        default=ROOT / "runs/xla_cache",
+        help="persistent XLA compilation cache: the runs of a setting differ only in data and "
+        "seed, so their steps compile once",
+    )
+
+
+def start_sweep(compilation_cache: Path) -> str:
+    """Prepares this process for a sweep; returns the commit its records name.
+
+    The persistent XLA compilation cache goes to ``compilation_cache``. The commit is taken now,
+    before any run imports the library: the code the sweep runs is the checkout of this moment,
+    and later edits of the checkout must not relabel its records."""
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", str(compilation_cache))
+    return commit()
 
 
 def _git(*args: str) -> str:

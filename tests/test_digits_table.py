@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -61,7 +62,10 @@ def test_report_has_means_spreads_and_paired_differences():
     assert f"| CGDM − MCD (Saito et al.) | {interval} | 3 |" in text
 
 
-def test_a_sweep_appends_runs_and_skips_the_finished_ones(tmp_path, capsys):
+def test_a_sweep_appends_runs_and_skips_the_finished_ones(tmp_path, capsys, monkeypatch):
+    # the checkout's commit changes while the sweep runs; its records name the one it started at
+    commits = iter(["started-at", "edited-later", "edited-again"])
+    monkeypatch.setattr(sweep_common, "commit", lambda: next(commits))
     document = tmp_path / "results.md"
     document.write_text(
         "before\n<!-- digits-table-2:start -->\nold\n<!-- digits-table-2:end -->\nafter\n"
@@ -71,10 +75,12 @@ def test_a_sweep_appends_runs_and_skips_the_finished_ones(tmp_path, capsys):
         "--results", str(tmp_path / "runs.jsonl"), "--table", str(tmp_path / "table.md"),
         "--document", str(document), "--work-dir", str(tmp_path / "work"),
         "--baselines", str(tmp_path / "baselines.json"),
+        "--compilation-cache", os.environ["JAX_COMPILATION_CACHE_DIR"],  # the test session's
     ]  # fmt: skip
     assert table.main(args) == 0
-    lines = (tmp_path / "runs.jsonl").read_text().splitlines()
-    assert [json.loads(line)["target"] for line in lines] == ["ucidigits", "mnist5k"]
+    records = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
+    assert [r["target"] for r in records] == ["ucidigits", "mnist5k"]
+    assert [r["commit"] for r in records] == ["started-at", "started-at"]
     assert "old" not in document.read_text() and "source only" in document.read_text()
     capsys.readouterr()
     assert table.main(args) == 0  # everything done: nothing is trained again

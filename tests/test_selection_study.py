@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -17,6 +18,7 @@ spec = importlib.util.spec_from_file_location(
 )
 study = sys.modules["selection_study"] = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(study)
+import sweep_common  # noqa: E402
 
 
 def _record(run, step, accuracy, snd, method="cgdm", seed=0, steps=10):
@@ -57,7 +59,8 @@ def test_report_pools_method_seed_pairs():
 def test_a_finished_run_is_neither_trained_nor_scored_again(tmp_path, monkeypatch):
     calls = []
 
-    def fake(run, work_dir, done, results):
+    def fake(run, work_dir, done, results, code):
+        assert code == "abc1234"  # the commit taken when the sweep started
         calls.append(run.name)
         for step in run.checkpoint_steps:
             if (run.name, step) not in done:
@@ -66,9 +69,11 @@ def test_a_finished_run_is_neither_trained_nor_scored_again(tmp_path, monkeypatc
                 )
 
     monkeypatch.setattr(study, "train_and_score", fake)
+    monkeypatch.setattr(sweep_common, "commit", lambda: "abc1234")
     args = ["--steps", "4", "--every", "2", "--seeds", "1", "--methods", "mcd",
             "--results", str(tmp_path / "s.jsonl"), "--table", str(tmp_path / "s.md"),
-            "--document", str(tmp_path / "doc.md")]  # fmt: skip
+            "--document", str(tmp_path / "doc.md"),
+            "--compilation-cache", os.environ["JAX_COMPILATION_CACHE_DIR"]]  # fmt: skip
     (tmp_path / "doc.md").write_text(
         "<!-- selection-study:start -->\n<!-- selection-study:end -->\n"
     )
