@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import platform
 import sys
 import time
@@ -144,19 +145,27 @@ def read_results(path: Path) -> dict[tuple, dict]:
 
 def run_cell(cell: Cell, work_dir: Path, code: str) -> dict:
     """Trains one cell (resuming a killed one) and returns its JSON record; ``code`` is the
-    commit the sweep started from (the code it imported, whatever the checkout holds later)."""
+    commit the sweep started from (the code it imported, whatever the checkout holds later).
+
+    A run whose loss turns NaN or inf is a result too: its record has ``target_accuracy`` null
+    and ``diverged`` the loop's message (which names the step and the loss)."""
     import jax
 
     from uda_jax.config import load_config
+    from uda_jax.loop import TrainingError
     from uda_jax.train import train_and_evaluate
 
     run_dir = work_dir / cell.name
     config = load_config(cell.row.config, cell.overrides(run_dir))
     started = time.time()
+    diverged = {}
     if (run_dir / "results.json").exists():  # finished, but killed before its line was written
         result = json.loads((run_dir / "results.json").read_text())
     else:
-        result = train_and_evaluate(config, run_dir)
+        try:
+            result = train_and_evaluate(config, run_dir)
+        except TrainingError as err:
+            result, diverged = {"target_accuracy": None}, {"diverged": str(err)}
     return {
         "row": cell.row.key,
         "config": cell.row.config,
@@ -173,6 +182,7 @@ def run_cell(cell: Cell, work_dir: Path, code: str) -> dict:
         "jax": jax.__version__,
         "backend": f"{jax.device_count()} {jax.default_backend()}",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        **diverged,
     }
 
 
@@ -180,38 +190,31 @@ def report(results: dict[tuple, dict], steps: int) -> str:
     """The Markdown table of the finished cells at ``steps``."""
     lines = [
         f"{steps} iterations, batch 32 + 32, final iterate, target test split; accuracy in % as",
-        "mean ± standard deviation over seeds (n = seeds finished). Commits, versions and wall",
-        "time of the runs are listed under the table; raw runs in",
-        "`benchmarks/results/digits_table.jsonl`.",
+        "mean ± standard deviation over seeds (n = seeds finished; a run whose loss turned NaN",
+        "is counted in n and named, not averaged). Commits, versions and wall time of the runs",
+        "are listed under the table; raw runs in `benchmarks/results/digits_table.jsonl`.",
         "",
     ]
     by_row: dict[tuple[str, str, str], dict[int, float]] = {}
     for record in results.values():
         if record["steps"] == steps:
+            accuracy = record["target_accuracy"]
             by_row.setdefault((record["row"], record["source"], record["target"]), {})[
                 record["seed"]
-            ] = 100 * record["target_accuracy"]
+            ] = math.nan if accuracy is None else 100 * accuracy
     for source, target in DIRECTIONS:
         lines += [f"**{source} → {target}**", "", "| row | accuracy % | n |", "|---|---|---|"]
         for row in ROWS:
             seeds = by_row.get((row.key, source, target), {})
             if seeds:
-                values = list(seeds.values())
-                spread = f" ± {np.std(values, ddof=1):.1f}" if len(values) > 1 else ""
-                lines.append(f"| {row.label} | {np.mean(values):.1f}{spread} | {len(values)} |")
+                lines.append(f"| {row.label} | {_accuracy_cell(seeds)} | {len(seeds)} |")
         lines += ["", "| paired difference (same seeds) | Δ accuracy, points (95 % CI) | n |"]
         lines += ["|---|---|---|"]
         for a, b in PAIRS:
-            first = by_row.get((a, source, target), {})
-            second = by_row.get((b, source, target), {})
-            common = sorted(set(first) & set(second))
-            if len(common) >= 2:
-                mean, half = t_interval([first[s] - second[s] for s in common])
-                verdict = "" if abs(mean) > half else " (within noise)"
-                lines.append(
-                    f"| {BY_KEY[a].label} − {BY_KEY[b].label} | {mean:+.1f} "
-                    f"[{mean - half:+.1f}, {mean + half:+.1f}]{verdict} | {len(common)} |"
-                )
+            first, second = (by_row.get((k, source, target), {}) for k in (a, b))
+            line = _pair_line(a, b, first, second)
+            if line:
+                lines.append(line)
         lines.append("")
     chosen = [r for r in results.values() if r["steps"] == steps]
     if chosen:
@@ -228,6 +231,30 @@ def report(results: dict[tuple, dict], steps: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _accuracy_cell(seeds: dict[int, float]) -> str:
+    """``mean ± std`` of the finite accuracies, and how many runs diverged (NaN)."""
+    values = [v for v in seeds.values() if not math.isnan(v)]
+    diverged = len(seeds) - len(values)
+    if not values:
+        return f"diverged ({diverged} of {diverged})"
+    spread = f" ± {np.std(values, ddof=1):.1f}" if len(values) > 1 else ""
+    note = f" ({diverged} of {len(seeds)} diverged, left out)" if diverged else ""
+    return f"{np.mean(values):.1f}{spread}{note}"
+
+
+def _pair_line(a: str, b: str, first: dict[int, float], second: dict[int, float]) -> str | None:
+    """The paired difference ``a − b`` over the seeds both finished without diverging."""
+    common = sorted(s for s in set(first) & set(second) if not math.isnan(first[s] - second[s]))
+    if len(common) < 2:
+        return None
+    mean, half = t_interval([first[s] - second[s] for s in common])
+    verdict = "" if abs(mean) > half else " (within noise)"
+    return (
+        f"| {BY_KEY[a].label} − {BY_KEY[b].label} | {mean:+.1f} "
+        f"[{mean - half:+.1f}, {mean + half:+.1f}]{verdict} | {len(common)} |"
+    )
+
+
 def export_baselines(results: dict[tuple, dict], path: Path) -> None:
     """The AdaBN source-only and oracle rows, per task, steps and batch size, as the JSON that
     :mod:`uda_jax.baselines` shows next to a finished run (3 seeds at least)."""
@@ -235,7 +262,7 @@ def export_baselines(results: dict[tuple, dict], path: Path) -> None:
 
     groups: dict[str, dict[str, list[dict]]] = {}
     for r in results.values():
-        if r["row"] in LABELS:
+        if r["row"] in LABELS and r["target_accuracy"] is not None:
             key = entry_key(r["source"], r["target"], r["steps"], r.get("batch_size", 32))
             groups.setdefault(key, {}).setdefault(r["row"], []).append(r)
     out = {}

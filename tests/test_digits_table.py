@@ -111,3 +111,25 @@ def test_baselines_export_feeds_the_comparison_under_a_runs_summary(tmp_path):
         baselines.comparison_line(load_config("digits_source_only_adabn", ["steps=400"]), exported)
         is None
     )
+
+
+def test_a_diverged_run_is_recorded_named_and_left_out_of_means_and_pairs(tmp_path):
+    """A run whose loss turns NaN does not stop the sweep: its record says so, and the report
+    counts it without averaging it."""
+    exploding = table.Row(
+        "exploding", "exploding", "digits_source_only", ("optimizer.learning_rate=1e30",)
+    )
+    cell = table.Cell(exploding, "mnist5k", "ucidigits", 0, 3)
+    record = table.run_cell(cell, tmp_path, "abc")
+    assert record["target_accuracy"] is None
+    assert "step 2: train/loss_cls is nan" in record["diverged"]
+
+    records = [_record("cgdm", s, a) for s, a in enumerate([0.70, None, 0.74])]
+    records += [_record("mcd", s, a) for s, a in enumerate([0.69, 0.73, 0.72])]
+    records += [_record("cgdm_beta0", s, None) for s in range(2)]
+    text = table.report(dict(enumerate(records)), 10)
+    assert "| CGDM | 72.0 ± 2.8 (1 of 3 diverged, left out) | 3 |" in text
+    assert "| CGDM, β = 0 (no gradient discrepancy) | diverged (2 of 2) | 2 |" in text
+    mean, half = sweep_common.t_interval([1.0, 2.0])  # seeds 0 and 2 only
+    assert f"| CGDM − MCD (Saito et al.) | {mean:+.1f} [{mean - half:+.1f}" in text
+    assert "| CGDM − CGDM, β = 0" not in text  # no seed where both finished
