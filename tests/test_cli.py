@@ -15,6 +15,7 @@ from uda_jax.checkpoint import Checkpointer
 from uda_jax.config import load_config
 from uda_jax.experiment import build_experiment, compile_train_step, create_train_state
 from uda_jax.loop import TrainingError
+from uda_jax.methods import build_method
 from uda_jax.train import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -185,3 +186,24 @@ def test_metaalign_on_a_non_adversarial_method_is_refused(tmp_path, capsys):
     assert err.startswith("error: metaalign.base must be an adversarial method")
     assert err.count("\n") == 1
     assert not (tmp_path / "r").exists()
+
+
+def test_a_warm_up_as_long_as_the_run_is_a_warning_at_the_start(tmp_path, capsys):
+    run_dir = tmp_path / "w"
+    assert main([*TINY, "cgdm.warmup_steps=4", f"run_dir={run_dir}", "progress=false"]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning:" in line]
+    assert len(warnings) == 1
+    assert "cgdm's warm-up (4 steps) is not shorter than the run (steps=4)" in warnings[0]
+
+
+def test_what_never_acts_in_a_run_of_that_length_is_named():
+    def warnings(*overrides, steps=100):
+        return build_method(load_config(None, list(overrides))).warnings(steps)
+
+    assert warnings("cgdm.warmup_steps=99") == ()
+    assert "warm-up (100 steps)" in warnings("cgdm.warmup_steps=100")[0]
+    metaalign = ["method.name=metaalign", "metaalign.base=dann"]
+    assert warnings(*metaalign, "metaalign.period=99") == ()
+    (only,) = warnings(*metaalign, "metaalign.period=100")
+    assert only.startswith("metaalign.period=100 is not shorter than the run (steps=100)")
+    assert warnings(*metaalign, "metaalign.period=100", "metaalign.roles=cls_first") == ()

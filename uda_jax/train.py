@@ -131,11 +131,8 @@ def _train(experiment, run_dir, mesh, state, stream, restored, is_main) -> dict[
     with _session(config, run_dir, start, method.metrics, is_main, stream) as out:
         if restored is not None:
             out.progress.note(f"resumed from the checkpoint of step {start} in {run_dir}")
-        if method.warmup_steps >= config.steps:
-            out.progress.note(
-                f"warning: {config.method.name}'s warm-up ({method.warmup_steps} steps) is not "
-                f"shorter than the run (steps={config.steps}): its adaptation terms never switch on"
-            )
+        for warning in method.warnings(config.steps):
+            out.progress.note(f"warning: {warning}")
         for step in range(start, config.steps):
             if method.hook_due(step):
                 with clock.pause(state):

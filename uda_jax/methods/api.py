@@ -12,7 +12,8 @@ A method is a frozen dataclass subclass of :class:`Method` holding its own confi
   plotted in their own panel;
 - ``step(ctx, state, batch, rng) -> (state, metrics)``: one pure training iteration, which
   advances ``state.step`` by one; the loop binds ``ctx`` and jit-compiles it once;
-- optionally ``init_extras`` (method state kept in ``state.extras``), ``warmup_steps``, and a
+- optionally ``init_extras`` (method state kept in ``state.extras``), ``warmup_steps``,
+  ``warnings(steps)`` (what never acts in a run of that length), and a
   host-side hook (``hook_due(step)`` / ``hook(state, predict)``), run by the loop before the
   iterations it names — CGDM's pseudo-label refresh is one.
 
@@ -106,6 +107,16 @@ class Method:
     def warmup_steps(self) -> int:
         """Iterations before the method's adaptation terms switch on (0: from the start)."""
         return 0
+
+    def warnings(self, steps: int) -> tuple[str, ...]:
+        """What in a run of ``steps`` iterations keeps part of the method from ever acting;
+        training prints each as a ``warning:`` line when it starts."""
+        if self.warmup_steps < steps:
+            return ()
+        return (
+            f"{self.name}'s warm-up ({self.warmup_steps} steps) is not shorter than the run "
+            f"(steps={steps}): its adaptation terms never switch on",
+        )
 
     def hook_due(self, step: int) -> bool:
         """Whether :meth:`hook` runs before iteration ``step`` (host side, outside jit)."""

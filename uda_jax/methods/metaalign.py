@@ -183,6 +183,17 @@ class MetaAlign(Method):
         config = sections[cls.name]
         return cls(config, base=_base_class(config.base).from_sections(sections))
 
+    def warnings(self, steps: int) -> tuple[str, ...]:
+        """The base method's, and alternating roles that never alternate in ``steps``."""
+        period = self.config.period
+        if self.config.roles != "alternate" or period < steps:
+            return self.base.warnings(steps)
+        return (
+            *self.base.warnings(steps),
+            f"metaalign.period={period} is not shorter than the run (steps={steps}): the roles "
+            "never alternate and only cls-first trains (metaalign.roles=cls_first says so)",
+        )
+
     def init_extras(self, params, num_target: int) -> dict:
         """The discriminator's last fast weights (θ_D at the start) and the base's extras."""
         extras = self.base.init_extras(params, num_target)
