@@ -194,25 +194,30 @@ def run_cell(cell: Cell, work_dir: Path, code: str) -> dict:
 def report(results: dict[tuple, dict], steps: int) -> str:
     """The Markdown table of the finished cells at ``steps``."""
     lines = [
-        f"{steps} iterations, batch 32 + 32, final iterate, target test split; accuracy in % as",
+        f"{steps} iterations, final iterate, target test split; batch: images per domain and"
+        " iteration, as the row's config sets it; accuracy in % as",
         "mean ± standard deviation over seeds (n = seeds finished; a run whose loss turned NaN",
         "is counted in n and named, not averaged). Commits, versions and wall time of the runs",
         "are listed under the table; raw runs in `benchmarks/results/digits_table.jsonl`.",
         "",
     ]
     by_row: dict[tuple[str, str, str], dict[int, float]] = {}
+    batch: dict[str, set[int]] = {}
     for record in results.values():
         if record["steps"] == steps:
             accuracy = record["target_accuracy"]
             by_row.setdefault((record["row"], record["source"], record["target"]), {})[
                 record["seed"]
             ] = math.nan if accuracy is None else 100 * accuracy
+            batch.setdefault(record["row"], set()).add(record.get("batch_size", 32))
     for source, target in DIRECTIONS:
-        lines += [f"**{source} → {target}**", "", "| row | accuracy % | n |", "|---|---|---|"]
+        lines += [f"**{source} → {target}**", "", "| row | batch | accuracy % | n |"]
+        lines += ["|---|---|---|---|"]
         for row in ROWS:
             seeds = by_row.get((row.key, source, target), {})
             if seeds:
-                lines.append(f"| {row.label} | {_accuracy_cell(seeds)} | {len(seeds)} |")
+                sizes = "/".join(str(b) for b in sorted(batch[row.key]))
+                lines.append(f"| {row.label} | {sizes} | {_accuracy_cell(seeds)} | {len(seeds)} |")
         lines += ["", "| paired difference (same seeds) | Δ accuracy, points (95 % CI) | n |"]
         lines += ["|---|---|---|"]
         for a, b in PAIRS:

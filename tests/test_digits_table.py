@@ -56,7 +56,7 @@ def test_report_has_means_spreads_and_paired_differences():
     records = [_record("cgdm", s, a) for s, a in enumerate([0.70, 0.72, 0.74])]
     records += [_record("mcd", s, a) for s, a in enumerate([0.69, 0.73, 0.72])]
     text = table.report({i: r for i, r in enumerate(records)}, 10)
-    assert "| CGDM | 72.0 ± 2.0 | 3 |" in text
+    assert "| CGDM | 32 | 72.0 ± 2.0 | 3 |" in text
     mean, half = sweep_common.t_interval([1.0, -1.0, 2.0])
     interval = f"{mean:+.1f} [{mean - half:+.1f}, {mean + half:+.1f}] (within noise)"
     assert f"| CGDM − MCD (Saito et al.) | {interval} | 3 |" in text
@@ -128,8 +128,8 @@ def test_a_diverged_run_is_recorded_named_and_left_out_of_means_and_pairs(tmp_pa
     records += [_record("mcd", s, a) for s, a in enumerate([0.69, 0.73, 0.72])]
     records += [_record("cgdm_beta0", s, None) for s in range(2)]
     text = table.report(dict(enumerate(records)), 10)
-    assert "| CGDM | 72.0 ± 2.8 (1 of 3 diverged, left out) | 3 |" in text
-    assert "| CGDM, β = 0 (no gradient discrepancy) | diverged (2 of 2) | 2 |" in text
+    assert "| CGDM | 32 | 72.0 ± 2.8 (1 of 3 diverged, left out) | 3 |" in text
+    assert "| CGDM, β = 0 (no gradient discrepancy) | 32 | diverged (2 of 2) | 2 |" in text
     mean, half = sweep_common.t_interval([1.0, 2.0])  # seeds 0 and 2 only
     assert f"| CGDM − MCD (Saito et al.) | {mean:+.1f} [{mean - half:+.1f}" in text
     assert "| CGDM − CGDM, β = 0" not in text  # no seed where both finished
