@@ -173,6 +173,9 @@ def load_yaml(text: str) -> Any:
 
 
 def read_yaml_file(path: Path) -> dict[str, Any]:
+    """The mapping of the config file at ``path`` (empty for an empty file); a missing,
+    unreadable, non-UTF-8 or invalid file, or one that does not hold a mapping, is one
+    :class:`UserError` naming the file (and the line, where YAML gives one)."""
     if not path.is_file():
         raise UserError(f"config file not found: {path} (give the path of a YAML file)")
     try:
