@@ -6,9 +6,11 @@ sweep is resumable at two levels: a finished cell is never run again, and a cell
 resumes from its last checkpoint in ``--work-dir``. Each record names the commit the sweep
 started from, so run a long sweep from a checkout you do not edit meanwhile (a clone, with
 ``--results`` and ``--work-dir`` pointing back here). Seeds are the outer loop, so a partial
-sweep has every row at the same number of seeds. JAX uses a GPU when one is installed.
+sweep has every row at the same number of seeds. JAX uses a GPU when one is installed, and
+``--workers`` trains several cells at once (the digits models leave most of a GPU idle).
 
     python benchmarks/digits_table.py                     # run what is missing, then report
+    python benchmarks/digits_table.py --workers 8         # 8 cells at once (a GPU)
     python benchmarks/digits_table.py --rows cgdm mcd     # only some rows
     python benchmarks/digits_table.py --plan              # list the cells and what is done
     python benchmarks/digits_table.py --report            # the table from the finished cells
@@ -24,7 +26,9 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import platform
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -299,6 +303,47 @@ def write_report(text: str, steps: int, table: Path, document: Path) -> None:
     write_between_markers(document, f"digits-table-{steps}", text)
 
 
+def run_missing(missing: list[Cell], args: argparse.Namespace) -> None:
+    """Trains ``missing`` in order, appending each record as soon as its cell finishes."""
+    code = start_sweep(args.compilation_cache)
+    print(f"code: {code}", flush=True)
+    for index, cell in enumerate(missing):
+        print(f"[{index + 1}/{len(missing)}] {cell.name}", flush=True)
+        record = run_cell(cell, args.work_dir, code)
+        append_jsonl(args.results, record)
+        print(json.dumps(record), flush=True)
+
+
+def run_workers(args: argparse.Namespace) -> int:
+    """Runs ``args.workers`` copies of this sweep at once, copy ``i`` training every
+    ``workers``-th missing cell from the ``i``-th (``--shard i/workers``); each JAX allocates
+    accelerator memory as it needs it instead of 75 % up front, so the copies share one GPU.
+    Returns the first non-zero exit status."""
+    command = [sys.executable, __file__, "--steps", str(args.steps), "--rows", *args.rows]
+    command += ["--results", str(args.results), "--work-dir", str(args.work_dir)]
+    command += ["--compilation-cache", str(args.compilation_cache)]
+    if args.max_seeds is not None:
+        command += ["--max-seeds", str(args.max_seeds)]
+    env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
+    copies = [
+        subprocess.Popen([*command, "--shard", f"{i}/{args.workers}"], env=env)
+        for i in range(args.workers)
+    ]
+    return next((status for status in [c.wait() for c in copies] if status), 0)
+
+
+def shard(text: str) -> tuple[int, int]:
+    """``"i/n"`` as ``(i, n)`` with ``0 <= i < n``."""
+    index, _, count = text.partition("/")
+    try:
+        i, n = int(index), int(count)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not i/n, e.g. 0/4") from None
+    if not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"{text!r}: i must be in 0..n-1")
+    return i, n
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=2000)
@@ -314,6 +359,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baselines", type=Path, default=ROOT / "configs/digits_baselines.json")
     parser.add_argument("--work-dir", type=Path, default=ROOT / "runs/digits_table")
     add_compilation_cache_argument(parser)
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="cells trained at once, each in its own process (several share one GPU well; on "
+        "a CPU, one per two cores or so)",
+    )
+    parser.add_argument("--shard", type=shard, help="i/n: only every n-th missing cell from i")
     parser.add_argument("--plan", action="store_true", help="list the cells, run nothing")
     parser.add_argument("--report", action="store_true", help="write the table, run nothing")
     args = parser.parse_args(argv)
@@ -328,14 +381,17 @@ def main(argv: list[str] | None = None) -> int:
         for cell in todo:
             print(("done  " if cell.key in done else "to do ") + cell.name)
         return 0
+    if args.shard is not None:  # one copy of --workers: train, leave the report to the parent
+        i, n = args.shard
+        run_missing(missing[i::n], args)
+        return 0
     if not args.report:
-        code = start_sweep(args.compilation_cache)
-        print(f"code: {code}", flush=True)
-        for index, cell in enumerate(missing):
-            print(f"[{index + 1}/{len(missing)}] {cell.name}", flush=True)
-            record = run_cell(cell, args.work_dir, code)
-            append_jsonl(args.results, record)
-            print(json.dumps(record), flush=True)
+        if args.workers > 1:
+            status = run_workers(args)
+            if status:
+                return status
+        else:
+            run_missing(missing, args)
         done = read_results(args.results)
     write_report(report(done, args.steps), args.steps, args.table, args.document)
     export_baselines(done, args.baselines)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import math
@@ -133,3 +134,32 @@ def test_a_diverged_run_is_recorded_named_and_left_out_of_means_and_pairs(tmp_pa
     mean, half = sweep_common.t_interval([1.0, 2.0])  # seeds 0 and 2 only
     assert f"| CGDM − MCD (Saito et al.) | {mean:+.1f} [{mean - half:+.1f}" in text
     assert "| CGDM − CGDM, β = 0" not in text  # no seed where both finished
+
+
+def test_workers_split_the_missing_cells_and_the_parent_writes_one_report(tmp_path):
+    """``--workers 2``: two processes train disjoint halves of the missing cells (every second
+    one each), the records of all land in one JSONL, and the table is written once."""
+    document = tmp_path / "results.md"
+    document.write_text("<!-- digits-table-2:start -->\n<!-- digits-table-2:end -->\n")
+    args = [
+        "--steps", "2", "--rows", "source_only", "oracle", "--max-seeds", "1", "--workers", "2",
+        "--results", str(tmp_path / "runs.jsonl"), "--table", str(tmp_path / "table.md"),
+        "--document", str(document), "--work-dir", str(tmp_path / "work"),
+        "--baselines", str(tmp_path / "baselines.json"),
+        "--compilation-cache", os.environ["JAX_COMPILATION_CACHE_DIR"],
+    ]  # fmt: skip
+    assert table.main(args) == 0
+    records = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
+    cells = sorted((r["row"], r["source"]) for r in records)
+    assert cells == [("oracle", "mnist5k"), ("oracle", "ucidigits"),
+                     ("source_only", "mnist5k"), ("source_only", "ucidigits")]  # fmt: skip
+    assert "| target oracle (upper bound) |" in document.read_text()
+    with pytest.raises(SystemExit):
+        table.main(["--shard", "2/2"])  # i must be below n
+
+
+def test_a_shard_is_i_of_n():
+    assert table.shard("1/3") == (1, 3)
+    for bad in ("3/3", "-1/3", "1", "a/b"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            table.shard(bad)
