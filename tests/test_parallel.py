@@ -26,7 +26,7 @@ SMALL = ["data.batch_size=8", "model.classifier_widths=[32,32]", "model.discrimi
     "config, overrides",
     [
         ("digits_source_only", []),
-        ("digits_mcd", ["mcd.num_k=2"]),
+        ("digits_mcd", ["mcd.num_k=1"]),  # its repeats of step C: CGDM's case below
         ("digits_cgdm", ["cgdm.num_k=2", "cgdm.warmup_steps=0"]),
         ("digits_dann", []),
         ("digits_gvb_metaalign", ["metaalign.order=second"]),
