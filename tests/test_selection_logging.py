@@ -175,7 +175,7 @@ def test_evaluate_prints_every_validator_of_the_checkpoint(runs, capsys):
     run_dir = runs["oracle"]  # a run that logged none: evaluate computes them itself
     kept = sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit())
     assert kept[-1] == 8
-    for step in kept:  # the last is the default
+    for step in (kept[0], kept[-1]):  # an earlier checkpoint, and the last (the default)
         expected = _independent(run_dir, step)
         assert evaluate.main([str(run_dir), f"step={step}"]) == 0
         out = capsys.readouterr().out.splitlines()
