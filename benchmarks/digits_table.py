@@ -198,11 +198,11 @@ def run_cell(cell: Cell, work_dir: Path, code: str) -> dict:
 def report(results: dict[tuple, dict], steps: int) -> str:
     """The Markdown table of the finished cells at ``steps``."""
     lines = [
-        f"{steps} iterations, final iterate, target test split; batch: images per domain and"
-        " iteration, as the row's config sets it; accuracy in % as",
-        "mean ± standard deviation over seeds (n = seeds finished; a run whose loss turned NaN",
-        "is counted in n and named, not averaged). Commits, versions and wall time of the runs",
-        "are listed under the table; raw runs in `benchmarks/results/digits_table.jsonl`.",
+        f"{steps} iterations, final iterate, target test split. Batch: images per domain and",
+        "iteration, as the row's config sets it. Accuracy in % as mean ± standard deviation over",
+        "seeds (n = seeds finished; a run whose loss turned NaN is counted in n and named, not",
+        "averaged). Commits, versions and wall time of the runs are listed under the table; raw",
+        "runs in `benchmarks/results/digits_table.jsonl`.",
         "",
     ]
     by_row: dict[tuple[str, str, str], dict[int, float]] = {}
