@@ -332,6 +332,13 @@ def run_workers(args: argparse.Namespace) -> int:
     return next((status for status in [c.wait() for c in copies] if status), 0)
 
 
+def positive(text: str) -> int:
+    """A whole number of at least 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
+
+
 def shard(text: str) -> tuple[int, int]:
     """``"i/n"`` as ``(i, n)`` with ``0 <= i < n``."""
     index, _, count = text.partition("/")
@@ -361,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     add_compilation_cache_argument(parser)
     parser.add_argument(
         "--workers",
-        type=int,
+        type=positive,
         default=1,
         help="cells trained at once, each in its own process (several share one GPU well; on "
         "a CPU, one per two cores or so)",

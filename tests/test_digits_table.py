@@ -158,8 +158,12 @@ def test_workers_split_the_missing_cells_and_the_parent_writes_one_report(tmp_pa
         table.main(["--shard", "2/2"])  # i must be below n
 
 
-def test_a_shard_is_i_of_n():
+def test_a_shard_is_i_of_n_and_workers_a_positive_count():
     assert table.shard("1/3") == (1, 3)
     for bad in ("3/3", "-1/3", "1", "a/b"):
         with pytest.raises(argparse.ArgumentTypeError):
             table.shard(bad)
+    assert table.positive("8") == 8
+    for bad in ("0", "-2", "two"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            table.positive(bad)
