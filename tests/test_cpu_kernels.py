@@ -61,7 +61,9 @@ def test_conv_value_gradient_and_second_order_match_lax(x_shape, k_shape, stride
         return lambda x, k: sum(jnp.sum(g**2) for g in jax.grad(f, (0, 1))(x, k))
 
     # forward over reverse (Hessian-vector products) works through the custom_jvp
-    hvp = lambda f: lambda x, k: jax.jvp(lambda k: jax.grad(f, 1)(x, k), (k,), (k**0,))[1]
+    hvp = lambda f: (
+        lambda x, k: jax.jvp(lambda k: jax.grad(f, 1)(x, k), (k,), (jnp.ones_like(k),))[1]
+    )
 
     # each derivative compiled as one program (as a train step uses it), both ways at once
     @jax.jit
