@@ -133,7 +133,12 @@ def test_a_diverged_run_is_recorded_named_and_left_out_of_means_and_pairs(tmp_pa
     assert "| CGDM, β = 0 (no gradient discrepancy) | 32 | diverged (2 of 2) | 2 |" in text
     mean, half = sweep_common.t_interval([1.0, 2.0])  # seeds 0 and 2 only
     assert f"| CGDM − MCD (Saito et al.) | {mean:+.1f} [{mean - half:+.1f}" in text
-    assert "| CGDM − CGDM, β = 0" not in text  # no seed where both finished
+    assert (
+        "| CGDM − CGDM, β = 0 (no gradient discrepancy) | none: fewer than 2 seeds where both "
+        "finished (CGDM diverged in 1 of 2, CGDM, β = 0 (no gradient discrepancy) diverged in "
+        "2 of 2) | 0 |" in text
+    )
+    assert "| CGDM − CGDM, α = 0" not in text  # not run yet: no line
 
 
 def test_workers_split_the_missing_cells_and_the_parent_writes_one_report(tmp_path):

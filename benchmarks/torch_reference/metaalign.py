@@ -40,7 +40,7 @@ class MetaAlignSettings:
     weight_decay: float = 1e-3
     momentum: float = 0.9
     head_lr_mult: float = 10.0
-    meta_lr: float = 100.0
+    meta_lr: float = 1.0  # the official README run: 100 (see the digits config)
     trade_off: float = 1.0
     gamma: float = 0.001
     power: float = 0.75
