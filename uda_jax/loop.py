@@ -37,8 +37,7 @@ def check_finite(step: int, metrics: dict[str, float]) -> None:
         if "grad_norm" not in name and not math.isfinite(value):
             raise TrainingError(
                 f"step {step}: {name} is {value}; training stopped "
-                "(lower optimizer.learning_rate or a method step size such as "
-                "metaalign.meta_lr, or check the data)"
+                "(lower optimizer.learning_rate or the method's own step sizes, or check the data)"
             )
 
 
