@@ -46,6 +46,8 @@ from sweep_common import (
 )
 
 DIRECTIONS = (("mnist5k", "ucidigits"), ("ucidigits", "mnist5k"))
+# Ten classes: a run at or below 1.5 × chance predicts (nearly) one class; the report names it.
+CHANCE_LEVEL_PERCENT = 15.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,7 +206,8 @@ def report(results: dict[tuple, dict], steps: int) -> str:
         f"{steps} iterations, final iterate, target test split. Batch: images per domain and",
         "iteration, as the row's config sets it. Accuracy in % as mean ± standard deviation over",
         "seeds (n = seeds finished; a run whose loss turned NaN is counted in n and named, not",
-        "averaged). Commits, versions and wall time of the runs are listed under the table; raw",
+        f"averaged; a finished run at or below {CHANCE_LEVEL_PERCENT:g} % (chance: 10 %) is averaged",
+        "and named). Commits, versions and wall time of the runs are listed under the table; raw",
         "runs in `benchmarks/results/digits_table.jsonl`.",
         "",
     ]
@@ -249,13 +252,17 @@ def report(results: dict[tuple, dict], steps: int) -> str:
 
 
 def _accuracy_cell(seeds: dict[int, float]) -> str:
-    """``mean ± std`` of the finite accuracies, and how many runs diverged (NaN)."""
+    """``mean ± std`` of the finite accuracies, how many runs diverged (NaN, left out) and how
+    many finished at chance level (kept in the mean, but named: a collapsed run is not noise)."""
     values = [v for v in seeds.values() if not math.isnan(v)]
     diverged = len(seeds) - len(values)
     if not values:
         return f"diverged ({diverged} of {diverged})"
     spread = f" ± {np.std(values, ddof=1):.1f}" if len(values) > 1 else ""
-    note = f" ({diverged} of {len(seeds)} diverged, left out)" if diverged else ""
+    notes = [f"{diverged} of {len(seeds)} diverged, left out"] if diverged else []
+    if collapsed := sum(v <= CHANCE_LEVEL_PERCENT for v in values):
+        notes.append(f"{collapsed} of {len(values)} at chance level, ≤ {CHANCE_LEVEL_PERCENT:g} %")
+    note = f" ({'; '.join(notes)})" if notes else ""
     return f"{np.mean(values):.1f}{spread}{note}"
 
 

@@ -141,6 +141,20 @@ def test_a_diverged_run_is_recorded_named_and_left_out_of_means_and_pairs(tmp_pa
     assert "| CGDM − CGDM, α = 0" not in text  # not run yet: no line
 
 
+def test_a_run_at_chance_level_is_averaged_but_named():
+    """A finite run that collapsed to about one class stays in the mean (it finished), but the
+    cell says how many did, so a low mean is not read as ordinary spread."""
+    records = [_record("cgdm", s, a) for s, a in enumerate([0.70, 0.12, None])]
+    records += [_record("mcd", s, a) for s, a in enumerate([0.69, 0.73])]
+    text = table.report(dict(enumerate(records)), 10)
+    mean, std = np.mean([70.0, 12.0]), np.std([70.0, 12.0], ddof=1)
+    assert (
+        f"| CGDM | 32 | {mean:.1f} ± {std:.1f} (1 of 3 diverged, left out; 1 of 2 at chance "
+        "level, ≤ 15 %) | 3 |" in text
+    )
+    assert "| MCD (Saito et al.) | 32 | 71.0 ± 2.8 | 2 |" in text  # 69 and 73: no note
+
+
 def test_workers_split_the_missing_cells_and_the_parent_writes_one_report(tmp_path):
     """``--workers 2``: two processes train disjoint halves of the missing cells (every second
     one each), the records of all land in one JSONL, and the table is written once."""
