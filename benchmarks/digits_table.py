@@ -206,9 +206,9 @@ def report(results: dict[tuple, dict], steps: int) -> str:
         f"{steps} iterations, final iterate, target test split. Batch: images per domain and",
         "iteration, as the row's config sets it. Accuracy in % as mean ± standard deviation over",
         "seeds (n = seeds finished; a run whose loss turned NaN is counted in n and named, not",
-        f"averaged; a finished run at or below {CHANCE_LEVEL_PERCENT:g} % (chance: 10 %) is averaged",
-        "and named). Commits, versions and wall time of the runs are listed under the table; raw",
-        "runs in `benchmarks/results/digits_table.jsonl`.",
+        f"averaged; a finished run at or below {CHANCE_LEVEL_PERCENT:g} % (chance: 10 %) is",
+        "averaged and named). Commits, versions and wall time of the runs are listed under the",
+        "table; raw runs in `benchmarks/results/digits_table.jsonl`.",
         "",
     ]
     by_row: dict[tuple[str, str, str], dict[int, float]] = {}
