@@ -114,6 +114,30 @@ def test_baselines_export_feeds_the_comparison_under_a_runs_summary(tmp_path):
     )
 
 
+def test_a_checkout_without_the_wheels_configs_package_reads_the_repositorys_baselines(
+    monkeypatch,
+):
+    """Run from the repository root after ``pip install .`` (the README's demo), Python imports
+    ``uda_jax`` from the checkout, which has no ``uda_jax.configs``: the baselines come from its
+    ``configs/`` folder, as the configs themselves do (the demo once crashed here)."""
+    import importlib.resources
+
+    from uda_jax import baselines
+    from uda_jax.config import configs_dir
+
+    real_files = importlib.resources.files
+
+    def files_without_configs(package):
+        if package == "uda_jax.configs":
+            raise ModuleNotFoundError(f"No module named {package!r}")
+        return real_files(package)
+
+    monkeypatch.setattr(importlib.resources, "files", files_without_configs)
+    assert configs_dir() == ROOT / "configs"
+    expected = json.loads((ROOT / "configs" / baselines.FILE_NAME).read_text())
+    assert baselines.load() == expected and expected  # the demo's entries, not an empty dict
+
+
 def test_a_diverged_run_is_recorded_named_and_left_out_of_means_and_pairs(tmp_path):
     """A run whose loss turns NaN does not stop the sweep: its record says so, and the report
     counts it without averaging it."""

@@ -9,12 +9,11 @@ figures came from. No entry, no line: nothing is extrapolated.
 
 from __future__ import annotations
 
-import importlib.resources
 import json
 from pathlib import Path
 from typing import Any
 
-from uda_jax.config import Config
+from uda_jax.config import Config, configs_dir
 
 FILE_NAME = "digits_baselines.json"
 LABELS = {"source_only_adabn": "source only + AdaBN", "oracle": "target oracle"}
@@ -28,7 +27,10 @@ def entry_key(source: str, target: str, steps: int, batch_size: int) -> str:
 def load(path: Path | None = None) -> dict[str, Any]:
     """The packaged baselines (or those of ``path``); empty when the file is absent."""
     if path is None:
-        path = Path(str(importlib.resources.files("uda_jax.configs"))) / FILE_NAME
+        folder = configs_dir()  # the wheel's uda_jax/configs, or a checkout's configs/
+        if folder is None:
+            return {}
+        path = folder / FILE_NAME
     return json.loads(path.read_text()) if path.exists() else {}
 
 
